@@ -1,0 +1,153 @@
+"""Shared plumbing of the local lab: state file, ports, commands, waiting.
+
+Every part of the lab (postgres, redis, docker, droplets, pm2, nginx) is a module in
+this package with three functions:
+
+    up(state: dict) -> dict      start it (idempotent) and return its state entry
+    down(entry: dict) -> None    stop it and remove everything it created
+    status(entry: dict) -> dict  {"ok": bool, ...details}
+
+`lab/__main__.py` calls them in order and keeps their entries in one JSON state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_DIR = Path(os.environ.get("OPS_LAB_DIR", "/tmp/ops-runbooks-lab"))
+STATE_FILE = LAB_DIR / "state.json"
+LABEL = "ops.runbooks.lab"  # docker label key put on every container/image/network we create
+HOST = "127.0.0.1"
+
+
+class LabError(Exception):
+    """A lab part could not be started or stopped; the message says what to do."""
+
+
+def run(cmd, check=True, env=None, cwd=None, input=None, timeout=600, user=None):
+    """Run a command (list), capture text output; raise LabError with stderr on failure."""
+    if user:
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update({k: str(v) for k, v in env.items()})
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd], capture_output=True, text=True, env=full_env,
+            cwd=cwd, input=input, timeout=timeout, check=False,
+        )
+    except FileNotFoundError as exc:
+        raise LabError(f"command not found: {cmd[0]} (run `make deps` first)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"command timed out after {timeout}s: {' '.join(map(str, cmd))}") from exc
+    if check and proc.returncode != 0:
+        raise LabError(
+            f"command failed (rc={proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(low: int = 20000, high: int = 55000) -> int:
+    """A free loopback port in [low, high); never the same one twice in a process.
+
+    The upper bound keeps port+10000 (Redis cluster bus) below 65535.
+    """
+    for _ in range(500):
+        port = random.randrange(low, high)
+        if port in _handed_out or not port_is_free(port) or not port_is_free(port + 10000):
+            continue
+        _handed_out.add(port)
+        return port
+    raise LabError("no free loopback port found")
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60, interval: float = 0.2):
+    """Poll predicate until truthy; return its value or raise LabError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last_exc = exc
+        time.sleep(interval)
+    detail = f" (last error: {last_exc})" if last_exc else ""
+    raise LabError(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+def wait_port(port: int, what: str, timeout: float = 60, host: str = HOST) -> None:
+    wait_for(lambda: port_open(port, host), f"{what} on {host}:{port}", timeout)
+
+
+def pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_pid(pid, timeout: float = 15) -> None:
+    """SIGTERM, wait, then SIGKILL."""
+    if not pid_alive(pid):
+        return
+    os.kill(int(pid), 15)
+    try:
+        wait_for(lambda: not pid_alive(pid), f"pid {pid} to exit", timeout, 0.1)
+    except LabError:
+        os.kill(int(pid), 9)
+
+
+def load_state() -> dict:
+    if STATE_FILE.exists():
+        return json.loads(STATE_FILE.read_text())
+    return {}
+
+
+def save_state(state: dict) -> None:
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(STATE_FILE)
+
+
+def part_dir(name: str) -> Path:
+    """A directory for one lab part under LAB_DIR (created, world-traversable)."""
+    path = LAB_DIR / name
+    path.mkdir(parents=True, exist_ok=True)
+    LAB_DIR.chmod(0o755)
+    return path

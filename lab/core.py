@@ -121,15 +121,17 @@ def pid_alive(pid) -> bool:
     return True
 
 
-def kill_pid(pid, timeout: float = 15) -> None:
-    """SIGTERM, wait, then SIGKILL."""
-    if not pid_alive(pid):
-        return
-    os.kill(int(pid), 15)
+def kill_pid(*pids, timeout: float = 15) -> None:
+    """SIGTERM every live pid at once, wait for all, then SIGKILL the stragglers."""
+    live = [int(p) for p in pids if pid_alive(p)]
+    for pid in live:
+        os.kill(pid, 15)
     try:
-        wait_for(lambda: not pid_alive(pid), f"pid {pid} to exit", timeout, 0.1)
+        wait_for(lambda: not any(pid_alive(p) for p in live), f"pids {live} to exit", timeout, 0.05)
     except LabError:
-        os.kill(int(pid), 9)
+        for pid in live:
+            if pid_alive(pid):
+                os.kill(pid, 9)
 
 
 def load_state() -> dict:

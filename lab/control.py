@@ -1,0 +1,103 @@
+"""Bring lab parts up and down in dependency order, under a lock, and record their state."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+
+from . import core, inventory
+
+# part name -> parts it needs first; the order of this dict is the start order.
+PARTS = {
+    "postgres": [],
+    "redis": [],
+    "docker": [],
+    "compose": ["docker"],
+    "droplets": ["docker"],
+    "hostapp": ["postgres", "redis"],
+}
+
+
+def _module(part: str):
+    return importlib.import_module(f"{__package__}.{part}")
+
+
+def expand(parts) -> list[str]:
+    """The requested parts plus everything they need, in start order."""
+    wanted = set()
+    todo = list(parts or PARTS)
+    while todo:
+        part = todo.pop()
+        if part not in PARTS:
+            raise core.LabError(f"unknown lab part {part!r}; choose from {', '.join(PARTS)}")
+        if part not in wanted:
+            wanted.add(part)
+            todo.extend(PARTS[part])
+    return [p for p in PARTS if p in wanted]
+
+
+@contextmanager
+def locked():
+    """One lab operation at a time on this machine (pytest-xdist workers share the lab)."""
+    core.LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(core.LAB_DIR / "lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _log(msg: str) -> None:
+    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+
+
+def up(parts=None, quiet: bool = False) -> dict:
+    """Start the parts (default: all) that are not running; return the whole state."""
+    with locked():
+        state = core.load_state()
+        for part in expand(parts):
+            started = time.monotonic()
+            state[part] = _module(part).up(state)
+            state.setdefault("timings", {})[f"{part}_up_s"] = round(time.monotonic() - started, 2)
+            core.save_state(state)
+            if not quiet:
+                _log(f"{part} up ({time.monotonic() - started:.1f}s)")
+        inventory.write(state)
+        return state
+
+
+def down(parts=None, quiet: bool = False) -> None:
+    """Stop the parts (default: all) and remove what they created."""
+    with locked():
+        state = core.load_state()
+        everything = not parts
+        targets = list(PARTS) if everything else expand(parts)
+        for part in reversed(targets):
+            started = time.monotonic()
+            _module(part).down(state.pop(part, {}))
+            if not quiet:
+                _log(f"{part} down ({time.monotonic() - started:.1f}s)")
+        core.save_state(state)
+        if everything:
+            inventory.remove()
+    if everything:
+        shutil.rmtree(core.LAB_DIR, ignore_errors=True)
+
+
+def status() -> dict:
+    state = core.load_state()
+    report = {}
+    for part in PARTS:
+        if part in state:
+            try:
+                report[part] = _module(part).status(state[part])
+            except core.LabError as exc:
+                report[part] = {"ok": False, "error": str(exc)}
+        else:
+            report[part] = {"ok": False, "error": "not started"}
+    return report

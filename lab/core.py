@@ -74,7 +74,7 @@ def free_port(low: int = 20000, high: int = 55000) -> int:
 
     The upper bound keeps port+10000 (Redis cluster bus) below 65535.
     """
-    for _ in range(500):
+    for _attempt in range(500):
         port = random.randrange(low, high)
         if port in _handed_out or not port_is_free(port) or not port_is_free(port + 10000):
             continue

@@ -22,7 +22,7 @@ def _server(port: int, workdir, *extra: str) -> int:
         "--dir", workdir, "--daemonize", "yes", "--pidfile", workdir / "redis.pid",
         "--logfile", workdir / "redis.log", *extra,
     ])
-    core.wait_for(lambda: (workdir / "redis.pid").exists(), f"redis on port {port} to write its pid file", 20)
+    core.wait_for((workdir / "redis.pid").exists, f"redis on port {port} to write its pid file", 20)
     core.wait_port(port, "redis")
     return int((workdir / "redis.pid").read_text().strip())
 

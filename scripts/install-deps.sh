@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install everything `make test` / `make demo` need on a fresh Debian bookworm machine (as root).
+# Idempotent and quick when everything is already there: each step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+VENV=${VENV:-$REPO/.venv}
+say() { printf '[deps] %s\n' "$*" >&2; }
+
+# 1. Debian packages: real services and tools the lab and sanity tests use.
+APT_PACKAGES=(postgresql-15 postgresql-contrib redis-server redis-tools docker.io nginx-light
+              debootstrap busybox-static shellcheck locales openssh-client curl rsync)
+missing=()
+# Node.js may come from elsewhere (e.g. NodeSource); only take Debian's when there is none.
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  say "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian packages start nothing here (no systemd), and the lab never uses system services.
+
+# 2. en_US.UTF-8 locale: ansible-test sanity needs it.
+if ! locale -a 2>/dev/null | grep -qi '^en_US.utf8$'; then
+  say "generating en_US.UTF-8 locale"
+  sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen
+  grep -q '^en_US.UTF-8 UTF-8' /etc/locale.gen || echo 'en_US.UTF-8 UTF-8' >> /etc/locale.gen
+  locale-gen >/dev/null
+fi
+
+# 3. The Python venv (rebuilt only when requirements change).
+stamp="$VENV/.requirements.sha256"
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating venv $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi
+
+# 4. PM2 on the host (npm registry).
+if ! command -v pm2 >/dev/null; then
+  say "npm install -g pm2"
+  npm install -g --no-fund --no-audit pm2 >/dev/null
+fi
+
+# 5. ansible-test bootstraps pip with a get-pip script from a host we cannot reach: seed its
+#    cache with a stand-in that installs pip from the PyPI wheel kept beside it.
+pip_version=$(grep -oP "pip='\K[0-9.]+" "$("$VENV/bin/python" -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py")
+cache=~/.ansible/test/cache
+seed="$cache/get_pip_${pip_version//./_}.py"
+if ! grep -q no-setuptools "$seed" 2>/dev/null || ! ls "$cache"/pip-"$pip_version"-*.whl >/dev/null 2>&1; then
+  say "seeding ansible-test's pip $pip_version bootstrap"
+  mkdir -p "$cache"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$cache" "pip==$pip_version"
+  cat > "$seed" <<PY
+"""Offline stand-in for get-pip.py: install pip from the wheel beside this file."""
+import glob, os, sys
+wheel = glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pip-$pip_version-*.whl"))[0]
+sys.path.insert(0, wheel)
+from pip._internal.cli.main import main
+# get-pip.py options that pip install does not know
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+sys.exit(main(["install", *args]))
+PY
+fi
+
+# 6. Make this checkout the installed ops.runbooks collection (a symlink, so edits are live).
+link=~/.ansible/collections/ansible_collections/ops/runbooks
+if [ "$(readlink -f "$link" 2>/dev/null)" != "$REPO" ]; then
+  say "linking $link -> $REPO"
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$REPO" "$link"
+fi
+
+# 7. The lab app's Node dependencies.
+if [ lab/app/package-lock.json -nt lab/app/node_modules/.package-lock.json ] || [ ! -d lab/app/node_modules ]; then
+  if [ -f lab/app/package-lock.json ]; then
+    say "npm ci in lab/app"
+    (cd lab/app && npm ci --no-fund --no-audit --silent)
+  fi
+fi
+say "ready"

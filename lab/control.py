@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import os
 import shutil
 import sys
 import time
@@ -71,15 +72,49 @@ def up(parts=None, quiet: bool = False) -> dict:
         return state
 
 
+def _walk(value, key: str):
+    """Every value stored under `key` anywhere in a nested state entry."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == key and isinstance(v, int):
+                yield v
+            else:
+                yield from _walk(v, key)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item, key)
+
+
+def leftovers(entries: dict, whole_lab: bool) -> list[str]:
+    """What the stopped parts left behind: live pids, open ports, processes naming LAB_DIR."""
+    found = [f"process {pid} still running" for pid in _walk(entries, "pid") if core.pid_alive(pid)]
+    for key in ("port", "ssh_port", "nginx_port", "app_port", "web_port"):
+        found += [f"port {port} still open" for port in _walk(entries, key) if core.port_open(port)]
+    if whole_lab:
+        for proc in os.listdir("/proc"):
+            if not proc.isdigit() or int(proc) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as handle:
+                    cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(core.LAB_DIR) + "/" in cmdline:
+                found.append(f"process {proc} still running: {cmdline.strip()[:120]}")
+    return found
+
+
 def down(parts=None, quiet: bool = False) -> None:
-    """Stop the parts (default: all) and remove what they created."""
+    """Stop the parts (default: all), remove what they created, and prove nothing is left."""
     with locked():
         state = core.load_state()
         everything = not parts
         targets = list(PARTS) if everything else expand(parts)
+        stopped = {}
         for part in reversed(targets):
             started = time.monotonic()
-            _module(part).down(state.pop(part, {}))
+            stopped[part] = state.pop(part, {})
+            _module(part).down(stopped[part])
             if not quiet:
                 _log(f"{part} down ({time.monotonic() - started:.1f}s)")
         core.save_state(state)
@@ -87,6 +122,9 @@ def down(parts=None, quiet: bool = False) -> None:
             inventory.remove()
     if everything:
         shutil.rmtree(core.LAB_DIR, ignore_errors=True)
+    left = leftovers(stopped, everything)
+    if left:
+        raise core.LabError("lab down left things behind:\n  " + "\n  ".join(left))
 
 
 def status() -> dict:

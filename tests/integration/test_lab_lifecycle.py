@@ -1,0 +1,50 @@
+"""`python -m lab up` is idempotent and `down` leaves no process, port or folder behind.
+
+Runs a second, private lab (its own OPS_LAB_DIR) of the process-based parts so the shared
+lab the other tests use is not disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PARTS = ["postgres", "redis", "hostapp"]
+
+
+def _lab(base, *args, check=True):
+    env = dict(os.environ, OPS_LAB_DIR=str(base / "lab"), OPS_LAB_INVENTORY=str(base / "inventory"))
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=check, timeout=600)
+
+
+def test_up_twice_then_down_leaves_nothing():
+    # not pytest's tmp_path: PostgreSQL runs as `postgres` and needs every parent traversable
+    tmp_path = Path(tempfile.mkdtemp(prefix="ops-lab-lifecycle-"))
+    tmp_path.chmod(0o755)
+    lab_dir = tmp_path / "lab"
+    _lab(tmp_path, "up", *PARTS)
+    state = json.loads((lab_dir / "state.json").read_text())
+    first = (state["postgres"]["primary"]["port"], state["redis"]["standalone"]["port"],
+             state["hostapp"]["nginx_port"])
+
+    _lab(tmp_path, "up", *PARTS)  # second `up` reuses what runs
+    state = json.loads((lab_dir / "state.json").read_text())
+    assert (state["postgres"]["primary"]["port"], state["redis"]["standalone"]["port"],
+            state["hostapp"]["nginx_port"]) == first
+
+    status = json.loads(_lab(tmp_path, "status", check=False).stdout)
+    assert all(status[part]["ok"] for part in PARTS), status
+
+    down = _lab(tmp_path, "down", check=False)
+    assert down.returncode == 0, down.stderr  # `down` itself fails when anything is left
+    assert not lab_dir.exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(lab_dir) not in ps
+    shutil.rmtree(tmp_path)

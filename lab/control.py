@@ -109,7 +109,8 @@ def down(parts=None, quiet: bool = False) -> None:
     with locked():
         state = core.load_state()
         everything = not parts
-        targets = list(PARTS) if everything else expand(parts)
+        expand(parts or [])  # rejects unknown names; `down` stops exactly the parts named
+        targets = list(PARTS) if everything else [p for p in PARTS if p in parts]
         stopped = {}
         for part in reversed(targets):
             started = time.monotonic()

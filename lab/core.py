@@ -18,8 +18,8 @@ import random
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(os.environ.get("OPS_LAB_DIR", "/tmp/ops-runbooks-lab"))
@@ -75,7 +75,7 @@ def free_port(low: int = 20000, high: int = 55000) -> int:
     The upper bound keeps port+10000 (Redis cluster bus) below 65535.
     """
     for _attempt in range(500):
-        port = random.randrange(low, high)
+        port = random.randrange(low, high)  # noqa: S311 - spreading ports, not a secret
         if port in _handed_out or not port_is_free(port) or not port_is_free(port + 10000):
             continue
         _handed_out.add(port)
@@ -110,6 +110,7 @@ def wait_port(port: int, what: str, timeout: float = 60, host: str = HOST) -> No
 
 
 def pid_alive(pid) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
     if not pid:
         return False
     try:
@@ -118,7 +119,11 @@ def pid_alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def kill_pid(*pids, timeout: float = 15) -> None:

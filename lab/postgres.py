@@ -120,7 +120,8 @@ def up(state: dict) -> dict:
         "standby": {**common, "port": standby_port, "data_dir": str(standby_dir), "pid": _pid(standby_dir)},
     }
     core.wait_for(
-        lambda: _psql(str(socket_dir), primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state='streaming'") == "1",
+        lambda: _psql(str(socket_dir), primary_port,
+                      "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1",
         "the standby to stream from the primary", timeout=60,
     )
     return entry

@@ -69,6 +69,11 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 _handed_out: set[int] = set()
 
 
+def reserve_port(*ports: int) -> None:
+    """Never hand these out: they belong to something that does not listen yet."""
+    _handed_out.update(ports)
+
+
 def free_port(low: int = 20000, high: int = 55000) -> int:
     """A free loopback port in [low, high); never the same one twice in a process.
 

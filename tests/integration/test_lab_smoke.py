@@ -8,9 +8,12 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psycopg
 import redis
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _get(url: str):
@@ -102,10 +105,9 @@ def test_nginx_proxies_to_the_app_and_the_app_reaches_its_services(hostapp_lab):
 def test_ansible_ping_reaches_each_droplet_over_ssh(lab_state, venv_bin):
     hosts = [h["name"] for h in lab_state["droplets"]["hosts"]]
     proc = subprocess.run(
-        [str(venv_bin / "ansible"), "-i", "inventories/lab", "droplet", "-m", "ansible.builtin.ping",
-         "-o"], capture_output=True, text=True, check=False,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        [str(venv_bin / "ansible"), "-i", "inventories/lab", "droplet", "-m", "ansible.builtin.ping"],
+        capture_output=True, text=True, check=False, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for host in hosts:
-        assert f"{host} | SUCCESS" in proc.stdout
+        assert f"{host} | SUCCESS" in proc.stdout, proc.stdout

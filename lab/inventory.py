@@ -69,11 +69,8 @@ def hosts(state: dict) -> dict:
             "hosts": {
                 "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
             },
-            "children": {"droplet": {
-                "hosts": droplet_hosts,
-                # droplets are recreated with new host keys: never record or check them
-                "vars": {"ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"},
-            }},
+            # SSH options for these throwaway hosts: inventories/lab/group_vars/droplet.yml
+            "children": {"droplet": {"hosts": droplet_hosts}},
         }
     }
 

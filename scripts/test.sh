@@ -3,7 +3,7 @@
 # on real services, lab down. Every step runs even if an earlier one failed; the exit code
 # says whether all passed. Timings of each step are printed at the end.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export VENV=${VENV:-$PWD/.venv}
 export PATH="$VENV/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0

@@ -35,7 +35,7 @@ def test_row_written_on_primary_is_read_on_standby(pg_lab):
     with _connect(pg_lab["standby"], autocommit=True) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
         found = None
-        for _ in range(100):  # replication is asynchronous: poll until replayed
+        for _attempt in range(100):  # replication is asynchronous: poll until replayed
             row = conn.execute("SELECT to_regclass('lab_smoke') IS NOT NULL").fetchone()[0]
             if row:
                 found = conn.execute("SELECT marker FROM lab_smoke WHERE marker = %s", (marker,)).fetchone()

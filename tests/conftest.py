@@ -7,6 +7,7 @@ pytest-xdist workers share one lab) and never stop them: `python -m lab down` (r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ sys.path.insert(0, str(REPO))
 
 # Tests import the collection as `ansible_collections.ops.runbooks...`: expose this checkout
 # under that name through a symlink in a temp dir (no symlink inside the checkout).
-_COLLECTIONS = Path(os.environ.get("OPS_TEST_COLLECTIONS", "/tmp/ops-runbooks-pythonpath"))
+_COLLECTIONS = Path(os.environ.get(
+    "OPS_TEST_COLLECTIONS",
+    f"/tmp/ops-runbooks-pythonpath-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}",  # one per checkout
+))
 _LINK = _COLLECTIONS / "ansible_collections" / "ops" / "runbooks"
 if not _LINK.exists() or _LINK.resolve() != REPO:
     _LINK.parent.mkdir(parents=True, exist_ok=True)
@@ -75,3 +79,10 @@ def hostapp_lab() -> dict:
 def venv_bin() -> Path:
     """The bin/ folder of the Python running the tests (ansible, ansible-playbook live there)."""
     return Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def ansible_env() -> dict:
+    """Environment for ansible-* commands: this checkout as ops.runbooks, plain output."""
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(_COLLECTIONS), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="0")

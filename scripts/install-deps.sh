@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 VENV=${VENV:-$REPO/.venv}
+VENV_NEWEST=${VENV_NEWEST:-$REPO/.venv-newest}
 say() { printf '[deps] %s\n' "$*" >&2; }
 
 # 1. Debian packages: real services and tools the lab and sanity tests use.
@@ -31,16 +32,27 @@ if ! locale -a 2>/dev/null | grep -qi '^en_US.utf8$'; then
   locale-gen >/dev/null
 fi
 
-# 3. The Python venv (rebuilt only when requirements change).
-stamp="$VENV/.requirements.sha256"
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "creating venv $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
-  echo "$want" > "$stamp"
-fi
+# 3. Two venvs (each rebuilt only when its requirements change): the main one on the
+#    machine's Python (ansible-core 2.19 on 3.11) and one on Python 3.12 with the newest
+#    ansible-core, for sanity and unit tests against the newest release we can get.
+make_venv() {  # make_venv DIR PYTHON REQUIREMENTS
+  local dir=$1 python=$2 reqs=$3 want
+  want=$(cat requirements.txt "$reqs" | sha256sum | cut -d' ' -f1)
+  if [ ! -x "$dir/bin/python" ] || [ "$(cat "$dir/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    say "creating venv $dir ($("$python" --version))"
+    "$python" -m venv "$dir"
+    "$dir/bin/pip" install -q --disable-pip-version-check --upgrade pip
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    echo "$want" > "$dir/.requirements.sha256"
+  fi
+}
+make_venv "$VENV" python3 requirements-dev.txt
+NEWEST_PYTHON=
+for candidate in /root/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do
+  if [ -x "$candidate" ] && "$candidate" -c 'import venv' 2>/dev/null; then NEWEST_PYTHON=$candidate; fi
+done
+[ -n "$NEWEST_PYTHON" ] || { say "no python3.12 found: the newest ansible-core needs it"; exit 1; }
+make_venv "$VENV_NEWEST" "$NEWEST_PYTHON" requirements-newest.txt
 
 # 4. PM2 on the host (npm registry).
 if ! command -v pm2 >/dev/null; then
@@ -50,13 +62,16 @@ fi
 
 # 5. ansible-test bootstraps pip with a get-pip script from a host we cannot reach: seed its
 #    cache with a stand-in that installs pip from the PyPI wheel kept beside it.
-pip_version=$(grep -oP "pip='\K[0-9.]+" "$("$VENV/bin/python" -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py")
-cache=~/.ansible/test/cache
-seed="$cache/get_pip_${pip_version//./_}.py"
-if ! grep -q no-setuptools "$seed" 2>/dev/null || ! ls "$cache"/pip-"$pip_version"-*.whl >/dev/null 2>&1; then
+seed_ansible_test() {  # seed_ansible_test VENV
+  local venv=$1 pip_version cache=~/.ansible/test/cache seed
+  pip_version=$(grep -oP "pip='\K[0-9.]+" "$("$venv/bin/python" -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py")
+  seed="$cache/get_pip_${pip_version//./_}.py"
+  if grep -q no-setuptools "$seed" 2>/dev/null && ls "$cache"/pip-"$pip_version"-*.whl >/dev/null 2>&1; then
+    return
+  fi
   say "seeding ansible-test's pip $pip_version bootstrap"
   mkdir -p "$cache"
-  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$cache" "pip==$pip_version"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$cache" "pip==$pip_version"
   cat > "$seed" <<PY
 """Offline stand-in for get-pip.py: install pip from the wheel beside this file."""
 import glob, os, sys
@@ -67,7 +82,9 @@ from pip._internal.cli.main import main
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 sys.exit(main(["install", *args]))
 PY
-fi
+}
+seed_ansible_test "$VENV"
+seed_ansible_test "$VENV_NEWEST"
 
 # 6. Make this checkout the installed ops.runbooks collection (a symlink, so edits are live).
 link=~/.ansible/collections/ansible_collections/ops/runbooks

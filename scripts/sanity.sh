@@ -4,7 +4,7 @@
 # ignored) into such a tree in a temp dir and run it there. Extra args go to ansible-test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-$PWD/.venv}
+VENV=$(realpath "${VENV:-$PWD/.venv}")
 tree=${SANITY_TREE:-/tmp/ops-runbooks-sanity}
 dest="$tree/ansible_collections/ops/runbooks"
 rm -rf "$dest" && mkdir -p "$dest"

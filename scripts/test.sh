@@ -4,7 +4,7 @@
 # says whether all passed. Timings of each step are printed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-export VENV=${VENV:-$PWD/.venv}
+export VENV=${VENV:-$PWD/.venv} VENV_NEWEST=${VENV_NEWEST:-$PWD/.venv-newest}
 export PATH="$VENV/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 log_dir=${TEST_LOG_DIR:-/tmp/ops-runbooks-test-logs}
@@ -18,7 +18,7 @@ step() {  # step NAME COMMAND...
   echo "=== $name: $*"
   "$@"
   local rc=$?
-  [ "$name" = pytest ] && [ $rc -eq 5 ] && { echo "pytest collected no test"; rc=0; }
+  case $name in pytest|unit-new) [ $rc -eq 5 ] && { echo "pytest collected no test"; rc=0; } ;; esac
   timings+=("$(printf '%-12s %4ss  rc=%s' "$name" $((SECONDS - start)) "$rc")")
   ((rc == 0)) || failed+=("$name")
   return 0
@@ -30,6 +30,8 @@ step lab-up python -m lab up
 step ruff ruff check .
 step ansible-lint ansible-lint
 step sanity bash scripts/sanity.sh
+step sanity-new env VENV="$VENV_NEWEST" SANITY_TREE=/tmp/ops-runbooks-sanity-newest bash scripts/sanity.sh
+step unit-new "$VENV_NEWEST/bin/python" -m pytest -q tests/unit
 step pytest bash -c "python -m pytest -n 2 --dist loadfile 2>&1 | tee '$log_dir/pytest.log'; exit \${PIPESTATUS[0]}"
 step lab-down python -m lab down
 

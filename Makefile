@@ -2,7 +2,7 @@
 VENV ?= $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help deps test demo lab-up lab-down lab-status lint sanity unit integration bench build
+.PHONY: help deps test demo lab-up lab-down lab-status lint sanity unit integration molecule build
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,3 +41,7 @@ integration: lab-up  ## integration tests on the running lab
 
 build: deps  ## the collection tarball, in build/
 	ansible-galaxy collection build --force --output-path build/
+
+molecule: deps  ## molecule test for every role scenario (on the lab's images)
+	python -m lab up docker
+	bash scripts/molecule.sh

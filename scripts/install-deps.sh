@@ -86,7 +86,27 @@ PY
 seed_ansible_test "$VENV"
 seed_ansible_test "$VENV_NEWEST"
 
-# 6. Make this checkout the installed ops.runbooks collection (a symlink, so edits are live).
+# 6. Collections molecule's docker driver needs (community.docker, ansible.posix) cannot come
+#    from Galaxy here: take them from the `ansible` package's wheel (on PyPI) without
+#    installing it, into .ansible/vendor_collections (gitignored).
+vendor=$REPO/.ansible/vendor_collections
+if [ ! -d "$vendor/ansible_collections/community/docker" ] || [ ! -d "$vendor/ansible_collections/ansible/posix" ]; then
+  say "vendoring community.docker and ansible.posix from the ansible wheel"
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$tmp" 'ansible>=12,<13'
+  "$VENV/bin/python" - "$tmp"/ansible-*.whl "$vendor" <<'PY'
+import sys
+import zipfile
+
+wheel, dest = sys.argv[1:3]
+wanted = ("ansible_collections/community/docker/", "ansible_collections/ansible/posix/")
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(dest, [name for name in archive.namelist() if name.startswith(wanted)])
+PY
+  rm -rf "$tmp"
+fi
+
+# 7. Make this checkout the installed ops.runbooks collection (a symlink, so edits are live).
 link=~/.ansible/collections/ansible_collections/ops/runbooks
 if [ "$(readlink -f "$link" 2>/dev/null)" != "$REPO" ]; then
   say "linking $link -> $REPO"
@@ -94,7 +114,7 @@ if [ "$(readlink -f "$link" 2>/dev/null)" != "$REPO" ]; then
   ln -sfn "$REPO" "$link"
 fi
 
-# 7. The lab app's Node dependencies.
+# 8. The lab app's Node dependencies.
 if [ lab/app/package-lock.json -nt lab/app/node_modules/.package-lock.json ] || [ ! -d lab/app/node_modules ]; then
   if [ -f lab/app/package-lock.json ]; then
     say "npm ci in lab/app"

@@ -32,6 +32,7 @@ step ansible-lint ansible-lint
 step sanity bash scripts/sanity.sh
 step sanity-new env VENV="$VENV_NEWEST" SANITY_TREE=/tmp/ops-runbooks-sanity-newest bash scripts/sanity.sh
 step unit-new "$VENV_NEWEST/bin/python" -m pytest -q tests/unit
+step molecule bash scripts/molecule.sh
 step pytest bash -c "python -m pytest -n 2 --dist loadfile 2>&1 | tee '$log_dir/pytest.log'; exit \${PIPESTATUS[0]}"
 step lab-down python -m lab down
 

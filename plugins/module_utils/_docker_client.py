@@ -27,6 +27,10 @@ import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 from ansible.module_utils.errors import AnsibleFallbackNotFound
+from ansible_collections.ops.runbooks.plugins.module_utils._connection_errors import (
+    connection_failure,
+    first_hint,
+)
 
 try:
     import docker
@@ -117,17 +121,16 @@ _HINTS = [
 ]
 
 
+_DEFAULT_HINT = "check docker_host (or DOCKER_HOST) and the TLS options"
+
+
 def hint_for(reason: str) -> str:
-    for pattern, hint in _HINTS:
-        if re.search(pattern, reason, re.IGNORECASE):
-            return hint
-    return "check docker_host (or DOCKER_HOST) and the TLS options"
+    return first_hint(_HINTS, reason, _DEFAULT_HINT)
 
 
 def failure_message(params: dict, reason: str) -> str:
-    reason = " ".join(str(reason).split())
     host = params.get("docker_host") or DEFAULT_DOCKER_HOST
-    return f"cannot reach the Docker daemon at {host}: {reason}; {hint_for(reason)}"
+    return connection_failure(f"cannot reach the Docker daemon at {host}", reason, _HINTS, _DEFAULT_HINT)
 
 
 def connect(params: dict):

@@ -28,10 +28,13 @@ applied on top of whatever was loaded.
 from __future__ import annotations
 
 import os
-import re
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible_collections.ops.runbooks.plugins.module_utils._connection_errors import (
+    connection_failure,
+    first_hint,
+)
 
 try:
     import kubernetes
@@ -46,7 +49,6 @@ else:
     KUBERNETES_IMPORT_ERROR = None
 
 K8S_REQUIRED_TOGETHER = [["client_cert", "client_key"]]
-REDACTED = "********"
 # Configuration attribute for each explicit option.
 _OVERRIDES = {
     "host": "host",
@@ -147,19 +149,16 @@ _HINTS = [
 ]
 
 
+_DEFAULT_HINT = "check kubeconfig, context, host and api_key"
+
+
 def hint_for(reason: str) -> str:
-    for pattern, hint in _HINTS:
-        if re.search(pattern, reason, re.IGNORECASE):
-            return hint
-    return "check kubeconfig, context, host and api_key"
+    return first_hint(_HINTS, reason, _DEFAULT_HINT)
 
 
 def failure_message(plan: dict, reason: str) -> str:
-    reason = " ".join(str(reason).split())
-    msg = f"cannot use the Kubernetes API with {describe_plan(plan)}: {reason}; {hint_for(reason)}"
-    if plan.get("api_key"):
-        msg = msg.replace(plan["api_key"], REDACTED)
-    return msg
+    return connection_failure(f"cannot use the Kubernetes API with {describe_plan(plan)}", reason,
+                              _HINTS, _DEFAULT_HINT, [plan.get("api_key")])
 
 
 def _configuration(plan: dict):

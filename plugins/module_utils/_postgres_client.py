@@ -25,6 +25,10 @@ import traceback
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible_collections.ops.runbooks.plugins.module_utils._connection_errors import (
+    connection_failure,
+    first_hint,
+)
 
 try:
     import psycopg
@@ -37,7 +41,6 @@ else:
 
 APPLICATION_NAME = "ops.runbooks"
 SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-REDACTED = "********"
 
 
 class PostgresConnectionError(Exception):
@@ -149,13 +152,6 @@ def secrets_of(params: dict) -> list[str]:
     return [s for s in found if s]
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    # Longest first, so a DSN is replaced whole before the password inside it.
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
 _HINTS = [
     (r"password authentication failed|no password supplied|authentication failed",
      "check login_user and login_password (or PGUSER/PGPASSWORD)"),
@@ -175,18 +171,17 @@ _HINTS = [
 ]
 
 
+_DEFAULT_HINT = "check the connection options (login_host, login_port, login_user, login_db, ssl_mode)"
+
+
 def hint_for(reason: str) -> str:
     """What the user should do about a libpq error message."""
-    for pattern, hint in _HINTS:
-        if re.search(pattern, reason, re.IGNORECASE):
-            return hint
-    return "check the connection options (login_host, login_port, login_user, login_db, ssl_mode)"
+    return first_hint(_HINTS, reason, _DEFAULT_HINT)
 
 
 def failure_message(params: dict, reason: str) -> str:
-    reason = " ".join(str(reason).split())
-    msg = f"cannot connect to PostgreSQL as {describe_target(params)}: {reason}; {hint_for(reason)}"
-    return redact(msg, secrets_of(params))
+    return connection_failure(f"cannot connect to PostgreSQL as {describe_target(params)}", reason,
+                              _HINTS, _DEFAULT_HINT, secrets_of(params))
 
 
 def connect(params: dict, autocommit: bool = True):

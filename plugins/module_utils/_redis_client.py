@@ -20,11 +20,15 @@ Documented by the `ops.runbooks._redis` doc fragment. A module does:
 
 from __future__ import annotations
 
-import re
 import traceback
 from urllib.parse import unquote, urlsplit
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible_collections.ops.runbooks.plugins.module_utils._connection_errors import (
+    connection_failure,
+    first_hint,
+    redact,
+)
 
 try:
     import redis
@@ -37,7 +41,6 @@ else:
     REDIS_IMPORT_ERROR = None
 
 CLIENT_NAME = "ops.runbooks"
-REDACTED = "********"
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -157,12 +160,6 @@ def secrets_of(params: dict) -> list[str]:
     return [s for s in found if s]
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
 _HINTS = [
     (r"WRONGPASS|invalid username-password|invalid password|NOAUTH|Authentication required|"
      r"AUTH <password> called without",
@@ -182,17 +179,16 @@ _HINTS = [
 ]
 
 
+_DEFAULT_HINT = "check the connection options (login_host, login_port, login_password, tls, cluster)"
+
+
 def hint_for(reason: str) -> str:
-    for pattern, hint in _HINTS:
-        if re.search(pattern, reason, re.IGNORECASE):
-            return hint
-    return "check the connection options (login_host, login_port, login_password, tls, cluster)"
+    return first_hint(_HINTS, reason, _DEFAULT_HINT)
 
 
 def failure_message(params: dict, reason: str) -> str:
-    reason = " ".join(str(reason).split())
-    msg = f"cannot connect to Redis at {describe_target(params)}: {reason}; {hint_for(reason)}"
-    return redact(msg, secrets_of(params))
+    return connection_failure(f"cannot connect to Redis at {describe_target(params)}", reason,
+                              _HINTS, _DEFAULT_HINT, secrets_of(params))
 
 
 def is_cluster(client) -> bool:

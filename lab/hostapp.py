@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -120,42 +119,10 @@ def _read_pid(path: Path):
         return None
 
 
-def _running(pid) -> bool:
-    """core.pid_alive, but a zombie counts as gone.
-
-    pid 1 on these machines reaps orphans only about once a second, so a daemon that has
-    exited (pm2's God daemon, an nginx master: both are re-parented to pid 1) stays a
-    zombie for a while; waiting for it to vanish would make `down` seconds slower.
-    """
-    if not core.pid_alive(pid):
-        return False
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _terminate(*pids, timeout: float = 10) -> None:
-    """SIGTERM the running pids, wait, then SIGKILL the stragglers (core.kill_pid minus zombies)."""
-    live = [int(p) for p in pids if _running(p)]
-    for pid in live:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        core.wait_for(lambda: not any(_running(p) for p in live), f"pids {live} to exit", timeout, 0.05)
-    except core.LabError:
-        for pid in live:
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
 def _pm2_daemon_pid(home: Path):
     """The pid of this home's PM2 daemon if it is running, else None."""
     pid = _read_pid(home / "pm2.pid")
-    return pid if _running(pid) else None
+    return pid if core.pid_alive(pid) else None
 
 
 def _pm2(home: Path, *args, env: dict | None = None, check: bool = True, timeout: float = 60):
@@ -194,8 +161,8 @@ def _cmdline(pid) -> str:
 
 def _kill_if(pid, needle: str) -> None:
     """Kill a pid recorded earlier, only if it still is what we started (pids get reused)."""
-    if _running(pid) and needle in _cmdline(pid):
-        _terminate(pid)
+    if core.pid_alive(pid) and needle in _cmdline(pid):
+        core.kill_pid(pid)
 
 
 def _children(pid) -> list[int]:
@@ -232,10 +199,10 @@ def _pm2_kill(home: Path) -> None:
     if daemon:
         pids = [p["pid"] for p in _pm2_processes(home) if p.get("pid")] + _children(daemon)
         _pm2(home, "kill", check=False, timeout=60)
-        _terminate(daemon, *pids)
+        core.kill_pid(daemon, *pids)
     # Apps orphaned by a daemon that died (or was SIGKILLed) still carry its PM2_HOME; so may
     # a developer's shell that exported it to run `pm2 logs`: only pm2's and the app's processes.
-    _terminate(*(
+    core.kill_pid(*(
         pid for pid in _processes_with(b"PM2_HOME=" + str(home).encode() + b"\0")
         if "PM2" in _cmdline(pid) or str(APP_DIR / "server.js") in _cmdline(pid)
     ))
@@ -333,22 +300,22 @@ def _nginx_cmd(conf: Path, *args: str) -> list[str]:
 
 def _nginx_pid(conf: Path):
     pid = _read_pid(conf.parent / "nginx.pid")
-    return pid if _running(pid) else None
+    return pid if core.pid_alive(pid) else None
 
 
 def _nginx_stop(conf: Path) -> None:
     master = _nginx_pid(conf)
     if not master:  # pid file gone? find the master by its title "nginx: master process ... -c <conf>"
-        masters = [p for p in _processes_with(b" -c " + str(conf).encode(), "cmdline") if _running(p)]
-        _terminate(*masters, *[w for m in masters for w in _children(m)])
+        masters = [p for p in _processes_with(b" -c " + str(conf).encode(), "cmdline") if core.pid_alive(p)]
+        core.kill_pid(*masters, *[w for m in masters for w in _children(m)])
         return
     workers = _children(master)
     core.run(_nginx_cmd(conf, "-s", "quit"), check=False, timeout=30)
     try:
-        core.wait_for(lambda: not _running(master), f"nginx (pid {master}) to quit", 10, 0.05)
+        core.wait_for(lambda: not core.pid_alive(master), f"nginx (pid {master}) to quit", 10, 0.05)
     except core.LabError:
         pass
-    _terminate(master, *workers)
+    core.kill_pid(master, *workers)
 
 
 def _start_nginx(base: Path, app_port: int, nginx_port: int) -> Path:

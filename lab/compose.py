@@ -10,8 +10,6 @@ up() runs `docker compose up -d --wait` and checks HTTP 200 on 127.0.0.1; down()
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from . import core, docker, images
@@ -55,13 +53,7 @@ def compose_cmd(project_dir: Path | str, *args: str) -> list[str]:
 
 
 def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - http://127.0.0.1 only
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
+    return core.http_get(url, timeout=3)[0] or None
 
 
 def _previous_port(project_dir: Path) -> int | None:
@@ -85,7 +77,7 @@ def up(state: dict) -> dict:
         if docker.compose_version() is None:
             raise core.LabError("`docker compose` is missing: bring up the docker part first "
                                 "(`python -m lab up`)")
-    images.build_httpapp("v1")
+    images.require(state, IMAGE)  # built by the docker part
     project_dir = core.part_dir("compose")
     port = _previous_port(project_dir)
     compose_file = project_dir / COMPOSE_FILE

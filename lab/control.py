@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib
-import os
 import shutil
 import sys
 import time
@@ -91,16 +90,8 @@ def leftovers(entries: dict, whole_lab: bool) -> list[str]:
     for key in ("port", "ssh_port", "nginx_port", "app_port", "web_port"):
         found += [f"port {port} still open" for port in _walk(entries, key) if core.port_open(port)]
     if whole_lab:
-        for proc in os.listdir("/proc"):
-            if not proc.isdigit() or int(proc) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{proc}/cmdline", "rb") as handle:
-                    cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(core.LAB_DIR) + "/" in cmdline:
-                found.append(f"process {proc} still running: {cmdline.strip()[:120]}")
+        found += [f"process {pid} still running: {core.cmdline(pid).strip()[:120]}"
+                  for pid in core.pids_with(str(core.LAB_DIR).encode() + b"/")]
     return found
 
 

@@ -15,13 +15,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+APP_DIR = REPO / "lab" / "app"  # the lab app every platform runs
 LAB_DIR = Path(os.environ.get("OPS_LAB_DIR", "/tmp/ops-runbooks-lab"))
 STATE_FILE = LAB_DIR / "state.json"
 LABEL = "ops.runbooks.lab"  # docker label key put on every container/image/network we create
@@ -163,3 +167,55 @@ def part_dir(name: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     LAB_DIR.chmod(0o755)
     return path
+
+
+def cmdline(pid) -> str:
+    """The command line of pid, spaces for NULs; "" when it is gone."""
+    try:
+        return Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, TypeError, ValueError):
+        return ""
+
+
+def pids_with(needle: bytes, where: str = "cmdline") -> list[int]:
+    """Pids (not this process) whose /proc/<pid>/<where> (cmdline, environ) contains needle."""
+    found = []
+    for path in Path("/proc").glob(f"[0-9]*/{where}"):
+        pid = int(path.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if needle in path.read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET; (0, b"") when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - lab URLs on 127.0.0.1
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def ensure_app_node_modules() -> bool:
+    """`npm ci` in lab/app when node_modules is missing or older than package-lock.json.
+
+    Both the host app (pm2) and the labapp image need it; True if npm ran.
+    """
+    lock = APP_DIR / "package-lock.json"
+    marker = APP_DIR / "node_modules" / ".package-lock.json"  # written by every npm install/ci
+    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+        return False
+    npm = shutil.which("npm")
+    if not npm:
+        raise LabError("npm not found: install node + npm (e.g. `apt-get install nodejs npm`)")
+    run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"], cwd=APP_DIR, timeout=600)
+    if not marker.exists():
+        raise LabError(f"`npm ci` in {APP_DIR} left no node_modules/.package-lock.json")
+    return True

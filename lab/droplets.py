@@ -107,8 +107,7 @@ def _start(name: str, pubkey: str, spec: str) -> dict:
 
 
 def up(state: dict) -> dict:
-    del state  # needs nothing from the other parts
-    image = images.build_droplet()
+    image = images.require(state, images.DROPLET)
     key = ensure_key()
     pubkey = key.with_suffix(".pub").read_text().strip()
     hosts = []

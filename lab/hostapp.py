@@ -13,16 +13,13 @@ home's daemon is alive where that matters: a bare `pm2 ...` starts a daemon in ~
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 from . import core
 
-APP_DIR = core.REPO / "lab" / "app"
+APP_DIR = core.APP_DIR
 APP_NAME = "opslab-app"
 INSTANCES = 2
 START_TIMEOUT = 120
@@ -72,20 +69,6 @@ def _backends(state: dict) -> tuple[dict, dict | None]:
 
 
 # ------------------------------------------------------------------ node modules + schema
-
-def _ensure_node_modules() -> bool:
-    """`npm ci` when node_modules is missing or older than package-lock.json; True if it ran."""
-    lock = APP_DIR / "package-lock.json"
-    marker = APP_DIR / "node_modules" / ".package-lock.json"  # written by every npm install/ci
-    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
-        return False
-    npm = _which("npm", "install node 20 + npm (e.g. `apt-get install nodejs npm`)")
-    core.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
-             cwd=APP_DIR, timeout=600)
-    if not marker.exists():
-        raise core.LabError(f"`npm ci` in {APP_DIR} left no node_modules/.package-lock.json")
-    return True
-
 
 def _load_schema(pg: dict) -> None:
     """Create the app's tables and seed them (schema.sql is idempotent)."""
@@ -152,16 +135,9 @@ def _pm2_processes(home: Path) -> list[dict]:
     ]
 
 
-def _cmdline(pid) -> str:
-    try:
-        return Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (OSError, TypeError, ValueError):
-        return ""
-
-
 def _kill_if(pid, needle: str) -> None:
     """Kill a pid recorded earlier, only if it still is what we started (pids get reused)."""
-    if core.pid_alive(pid) and needle in _cmdline(pid):
+    if core.pid_alive(pid) and needle in core.cmdline(pid):
         core.kill_pid(pid)
 
 
@@ -178,21 +154,6 @@ def _children(pid) -> list[int]:
     return kids
 
 
-def _processes_with(needle: bytes, where: str = "environ") -> list[int]:
-    """Pids (not ours) whose /proc/<pid>/<where> contains needle."""
-    found = []
-    for path in Path("/proc").glob(f"[0-9]*/{where}"):
-        pid = int(path.parent.name)
-        if pid == os.getpid():
-            continue
-        try:
-            if needle in path.read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def _pm2_kill(home: Path) -> None:
     """Stop this home's daemon and apps; kill whatever survives, even if the daemon is gone."""
     daemon = _pm2_daemon_pid(home)
@@ -203,8 +164,8 @@ def _pm2_kill(home: Path) -> None:
     # Apps orphaned by a daemon that died (or was SIGKILLed) still carry its PM2_HOME; so may
     # a developer's shell that exported it to run `pm2 logs`: only pm2's and the app's processes.
     core.kill_pid(*(
-        pid for pid in _processes_with(b"PM2_HOME=" + str(home).encode() + b"\0")
-        if "PM2" in _cmdline(pid) or str(APP_DIR / "server.js") in _cmdline(pid)
+        pid for pid in core.pids_with(b"PM2_HOME=" + str(home).encode() + b"\0", "environ")
+        if "PM2" in core.cmdline(pid) or str(APP_DIR / "server.js") in core.cmdline(pid)
     ))
 
 
@@ -306,7 +267,7 @@ def _nginx_pid(conf: Path):
 def _nginx_stop(conf: Path) -> None:
     master = _nginx_pid(conf)
     if not master:  # pid file gone? find the master by its title "nginx: master process ... -c <conf>"
-        masters = [p for p in _processes_with(b" -c " + str(conf).encode(), "cmdline") if core.pid_alive(p)]
+        masters = [p for p in core.pids_with(b" -c " + str(conf).encode()) if core.pid_alive(p)]
         core.kill_pid(*masters, *[w for m in masters for w in _children(m)])
         return
     workers = _children(master)
@@ -333,15 +294,9 @@ def _start_nginx(base: Path, app_port: int, nginx_port: int) -> Path:
 
 def _get_json(url: str, timeout: float = 5) -> tuple[int, dict | None]:
     """(HTTP status, parsed JSON body or None); (0, None) if nothing answered."""
+    code, body = core.http_get(url, timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http URL we built
-            code, body = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        code, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
-    try:
-        return code, json.loads(body)
+        return code, json.loads(body) if code else None
     except ValueError:
         return code, None
 
@@ -385,7 +340,7 @@ def _fingerprint(pg: dict, rd: dict | None) -> dict:
 
 def up(state: dict) -> dict:
     pg, rd = _backends(state)
-    installed = _ensure_node_modules()
+    installed = core.ensure_app_node_modules()
     _load_schema(pg)
 
     entry = state.get("hostapp") or {}

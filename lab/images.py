@@ -27,7 +27,7 @@ from pathlib import Path
 from . import core
 
 IMAGES_DIR = Path(__file__).resolve().parent / "images"
-APP_DIR = Path(__file__).resolve().parent / "app"
+APP_DIR = core.APP_DIR
 HASH_LABEL = f"{core.LABEL}.hash"
 MIRROR = os.environ.get("OPS_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -273,8 +273,8 @@ def build_labapp(tag: str = "v1", force: bool = False) -> str | None:
     if not (APP_DIR / "package.json").exists():
         log(f"{APP_DIR}/package.json not found: skipping {LABAPP}:{tag}")
         return None
-    if not (APP_DIR / "node_modules").is_dir() and _has_dependencies(APP_DIR / "package.json"):
-        raise core.LabError(f"{APP_DIR}/node_modules is missing: run `npm install` in {APP_DIR}")
+    if _has_dependencies(APP_DIR / "package.json"):
+        core.ensure_app_node_modules()
     build_debian()
     return _staged_build(f"{LABAPP}:{tag}", "labapp", extra_dirs={"app": APP_DIR},
                          build_args={"APP_VERSION": tag}, parent=DEBIAN, force=force)
@@ -286,6 +286,14 @@ def _has_dependencies(package_json: Path) -> bool:
     except ValueError:
         return False
     return bool(data.get("dependencies"))
+
+
+def require(state: dict, tag: str) -> str:
+    """The id of an image the docker part built (`python -m lab up` brings docker up first)."""
+    image = ((state.get("docker") or {}).get("images") or {}).get(tag)
+    if not image:
+        raise core.LabError(f"image {tag} is not built: bring up the docker part (`python -m lab up docker`)")
+    return image
 
 
 def build_all(force: bool = False) -> dict[str, str]:

@@ -114,11 +114,5 @@ if [ "$(readlink -f "$link" 2>/dev/null)" != "$REPO" ]; then
   ln -sfn "$REPO" "$link"
 fi
 
-# 8. The lab app's Node dependencies.
-if [ lab/app/package-lock.json -nt lab/app/node_modules/.package-lock.json ] || [ ! -d lab/app/node_modules ]; then
-  if [ -f lab/app/package-lock.json ]; then
-    say "npm ci in lab/app"
-    (cd lab/app && npm ci --no-fund --no-audit --silent)
-  fi
-fi
+# The lab app's node_modules: `python -m lab up` installs them (lab/core.py), where they are used.
 say "ready"

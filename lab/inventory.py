@@ -51,6 +51,10 @@ def facts(state: dict) -> dict:
     }
 
 
+def _local() -> dict:
+    return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+
 def hosts(state: dict) -> dict:
     droplets = state.get("droplets") or {}
     droplet_hosts = {
@@ -67,10 +71,17 @@ def hosts(state: dict) -> dict:
     return {
         "all": {
             "hosts": {
-                "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+                "localhost": _local(),
             },
-            # SSH options for these throwaway hosts: inventories/lab/group_vars/droplet.yml
-            "children": {"droplet": {"hosts": droplet_hosts}},
+            # One group per deploy platform; each group's deploy_* variables live in
+            # inventories/lab/group_vars/<group>.yml. SSH options for the throwaway droplets
+            # are there too. lab-compose and lab-eks run on this machine (local connection);
+            # lab-eks talks to the simulated Kubernetes API the EKS tests start.
+            "children": {
+                "droplet": {"hosts": droplet_hosts},
+                "compose": {"hosts": {"lab-compose": _local()}},
+                "eks": {"hosts": {"lab-eks": _local()}},
+            },
         }
     }
 

@@ -19,6 +19,9 @@ above `warning` is a warning. A threshold of None disables that level.
 
 from __future__ import annotations
 
+# SQL is composed from constants, validated numbers and sql_literal() only; the batch
+# protocol (several statements, one round trip) cannot carry bind parameters.
+# ruff: noqa: S608
 import re
 import time
 
@@ -430,7 +433,8 @@ def eval_blocking_locks(rows, ident, thr, options):
                          f"pid {top['pid']} blocked by pid {', '.join(map(str, top.get('blocked_by') or []))})"
                          f"{_limit_text(status, threshold, lambda v: f'{v} s')}; end the blocker with "
                          "SELECT pg_terminate_backend(pid) if it is stuck"))
-    summary = f"{len(rows)} session(s) waiting on a lock; longest {_secs(value)}" if rows else "no session waits on a lock"
+    summary = (f"{len(rows)} session(s) waiting on a lock; longest {_secs(value)}" if rows
+               else "no session waits on a lock")
     return _check(status, value, "seconds", threshold, rows, summary, _hidden_note(ident), problems)
 
 
@@ -611,7 +615,7 @@ class DbapiRunner:
                     results.append([])
                 else:
                     names = [d.name if hasattr(d, "name") else d[0] for d in cur.description]
-                    results.append([dict(zip(names, row)) for row in cur.fetchall()])
+                    results.append([{names[i]: row[i] for i in range(len(names))} for row in cur.fetchall()])
                 if not cur.nextset():
                     break
         return results
@@ -627,14 +631,15 @@ def run_batch(runner, named: list[tuple[str, str]]) -> tuple[dict, dict]:
         return {}, {}
     try:
         results = runner.batch([sql for _name, sql in named])
-        return {name: rows for (name, _sql), rows in zip(named, results)}, {}
-    except Exception:  # pylint: disable=broad-except  # driver errors: fall back per statement
-        pass
+    except Exception:  # noqa: BLE001  # pylint: disable=broad-except  # any driver error: retry one by one
+        results = None
+    if results is not None:
+        return {named[i][0]: results[i] for i in range(len(named))}, {}
     rows, errors = {}, {}
     for name, sql in named:
         try:
             rows[name] = runner.batch([sql])[0]
-        except Exception as exc:  # pylint: disable=broad-except
+        except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except
             errors[name] = _one_line(exc)
     return rows, errors
 

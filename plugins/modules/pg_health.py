@@ -64,7 +64,8 @@ options:
               replication_slots, wraparound, vacuum, database_size, statements]
   thresholds:
     description:
-      - Warning and critical levels per metric, as a dict of metric name to a dict with C(warning) and/or C(critical). A value at or above
+      - Warning and critical levels per metric, as a dict of metric name to a dict with C(warning) and/or
+        C(critical). A value at or above
         C(critical) is critical, else at or above C(warning) is a warning. Omitted levels keep their default;
         V(null) disables a level.
       - C(latency_ms) (connectivity) 1000 / 5000.
@@ -241,7 +242,7 @@ problems:
   type: list
   elements: str
   sample:
-    - "critical: replication: standby 'replica1' is 2.1 GB / 340 s behind (replay lag 2.1 GB; warning at 64.0 MB / 30 s)"
+    - "critical: replication: standby 'replica1' is 2.1 GB / 340 s behind (replay lag 2.1 GB; warning at 64.0 MB)"
     - "warning: idle_in_transaction: 1 sessions idle in transaction longer than 300 s (longest 420 s: pid 4242 ...)"
 notes:
   description: Notes about partial results (missing privileges or extensions).
@@ -260,10 +261,10 @@ not_run:
   elements: str
 """
 
-import time
+import time  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.ops.runbooks.plugins.module_utils._pg_health import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._pg_health import (  # noqa: E402
     CHECKS,
     FAIL_ON,
     DbapiRunner,
@@ -273,7 +274,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._pg_health import (
     should_fail,
     unreachable,
 )
-from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (
+from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (  # noqa: E402
     PostgresConnectionError,
     check_psycopg,
     connect,
@@ -325,7 +326,7 @@ def main():
         result = run(DbapiRunner(conn), params["checks"], params["thresholds"], options)
     except PgHealthError as exc:
         module.fail_json(msg=str(exc))
-    except Exception as exc:  # pylint: disable=broad-except  # the connection died mid-run
+    except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except  # the connection died mid-run
         module.fail_json(msg=f"PostgreSQL health check failed after connecting: {' '.join(str(exc).split())}; "
                              "check the server log and that the connection is not cut by a proxy")
     finally:

@@ -237,7 +237,7 @@ def identity_statements() -> list[str]:
   pg_has_role(current_user, 'pg_monitor', 'USAGE') AS pg_monitor,
   pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS pg_read_all_stats,
   current_setting('max_connections')::int AS max_connections,
-  current_setting('shared_preload_libraries') AS shared_preload_libraries,
+  (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS shared_preload_libraries,
   (SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'pg_stat_statements') AS statements_schema"""),
     ]
@@ -331,7 +331,8 @@ WHERE datallowconn AND (has_database_privilege(oid, 'CONNECT') OR pg_has_role('p
 ORDER BY bytes DESC""")
     if check == "statements":
         schema = ident.get("statements_schema")
-        if not schema or "pg_stat_statements" not in (ident.get("shared_preload_libraries") or ""):
+        preload = ident.get("shared_preload_libraries")  # None: hidden from a role without pg_read_all_settings
+        if not schema or (preload is not None and "pg_stat_statements" not in preload):
             return None
         mean, total = ("mean_exec_time", "total_exec_time") if version >= 130000 else ("mean_time", "total_time")
         return _marked(check, f"""SELECT d.datname, r.rolname AS usename, s.calls::bigint AS calls,

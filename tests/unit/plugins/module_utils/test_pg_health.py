@@ -314,6 +314,8 @@ def test_statements_not_installed_is_a_note_not_an_error():
     assert runner.round_trips == 1  # nothing to ask
     loaded = run(FakeRunner({}, ident(shared_preload_libraries="")), ["statements"])
     assert "installed but not loaded" in loaded["checks"]["statements"]["note"]
+    hidden = FakeRunner(HEALTHY, ident(shared_preload_libraries=None))  # plain role: setting not visible
+    assert run(hidden, ["statements"])["checks"]["statements"]["details"] == HEALTHY["statements"]
 
 
 def test_statements_slow_mean():

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bench: one full pg_health run (in process, connect included) vs the same SQL run the way the
 runbooks do it, one `psql -c` per query.
 

@@ -301,6 +301,7 @@ FROM pg_stat_replication ORDER BY application_name, client_addr""")
   extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS last_replay_age_seconds,
   pg_is_wal_replay_paused() AS replay_paused,
   (SELECT status FROM pg_stat_wal_receiver) AS receiver_status,
+  (SELECT pid FROM pg_stat_wal_receiver) AS receiver_pid,
   (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver)
     AS last_message_age_seconds""")
     if check == "replication_slots":
@@ -457,17 +458,21 @@ def eval_replication(rows, ident, thr, options):
         if row.get("replay_paused"):
             problems.append(("warning", "WAL replay is paused on this standby; resume with "
                              "SELECT pg_wal_replay_resume()"))
-        if row.get("receiver_status") != "streaming":
+        hidden = row.get("receiver_pid") is not None and row.get("receiver_status") is None
+        if not hidden and row.get("receiver_status") != "streaming":
             problems.append(("critical", f"standby is not streaming from its primary (WAL receiver "
                              f"{row.get('receiver_status') or 'not running'}); check primary_conninfo and the primary"))
         status = worst(p[0] for p in problems)
         summary = (f"standby: replay {human_bytes(lag)} behind receive, last replay "
                    f"{_secs(row.get('last_replay_age_seconds'))} ago, receiver {row.get('receiver_status')}")
         value = {"replay_lag_bytes": lag, "replay_lag_seconds": lag_s}
-        return _check(status, value, "bytes/seconds", threshold, rows, summary, None, problems)
+        return _check(status, value, "bytes/seconds", threshold, rows, summary,
+                      _hidden_note(ident) if hidden else None, problems)
     max_b, max_s = 0, 0.0
     for row in rows:
         name = row.get("application_name") or row.get("client_addr") or "standby"
+        if row.get("state") is None:  # columns hidden from a role without pg_read_all_stats
+            continue
         lag_b = max((row.get(k) or 0) for k in ("write_lag_bytes", "flush_lag_bytes", "replay_lag_bytes"))
         lag_s = max((row.get(k) or 0) for k in ("write_lag_seconds", "flush_lag_seconds", "replay_lag_seconds"))
         max_b, max_s = max(max_b, lag_b), max(max_s, lag_s)

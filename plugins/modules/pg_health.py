@@ -121,12 +121,13 @@ options:
     type: int
     default: 1000
 notes:
-  - Privileges needed per check, as a plain role, a C(pg_monitor) member and a superuser. All checks run
-    for all three. A plain role cannot see the state, times or query text of other roles' sessions, so
-    V(connections) counts them as state V(unknown) and V(long_queries), V(idle_in_transaction),
-    V(blocking_locks) and V(statements) only see its own sessions (a note says so); on a primary
-    V(replication) sees the standbys but not their lag. C(pg_monitor) (which includes
-    C(pg_read_all_stats)) sees everything the checks need; superuser is never required.
+  - Privileges. Superuser is never required; a member of C(pg_monitor) sees everything the checks
+    need. A plain role can run every check, but PostgreSQL hides the state, times and query text of
+    other roles' sessions from it, so V(connections) counts them as state V(unknown),
+    V(long_queries), V(idle_in_transaction), V(blocking_locks) and V(statements) only see its own
+    sessions, V(replication) on a primary sees the standbys but not their state or lag, and on a
+    standby not the WAL receiver status; the result carries a note saying so (and no false alarm).
+    V(replication_slots), V(wraparound) and V(vacuum) need no privilege.
   - V(database_size) skips databases the role may not connect to, unless it has C(pg_read_all_stats).
   - Every query starts with the comment C(/* ops.runbooks pg_health:<check> */), so the module's own
     statements are easy to recognise in C(pg_stat_activity) and are left out of V(statements).

@@ -227,7 +227,7 @@ def test_replication_min_standbys():
 def standby_row(**over):
     row = {"receive_lsn": "0/3000000", "replay_lsn": "0/3000000", "replay_lag_bytes": 0,
            "last_replay_age_seconds": 3600.0, "replay_paused": False, "receiver_status": "streaming",
-           "last_message_age_seconds": 1.0}
+           "receiver_pid": 77, "last_message_age_seconds": 1.0}
     row.update(over)
     return row
 
@@ -248,10 +248,21 @@ def test_standby_paused_and_behind():
 
 
 def test_standby_not_streaming_is_critical():
-    row = standby_row(receiver_status=None)
+    row = standby_row(receiver_status=None, receiver_pid=None)
     result = run(FakeRunner({"replication": [row]}, ident(in_recovery=True)), ["replication"])
     assert result["status"] == "critical"
     assert "not streaming from its primary (WAL receiver not running)" in result["problems"][0]
+
+
+def test_replication_details_hidden_from_a_plain_role_are_not_problems():
+    plain = ident(superuser=False, pg_monitor=False, pg_read_all_stats=False, user="app")
+    hidden_standby = {k: None for k in HEALTHY["replication"][0]}
+    result = run(FakeRunner({"replication": [hidden_standby]}, plain), ["replication"])
+    assert result["status"] == "ok" and result["problems"] == []
+    assert "GRANT pg_monitor TO app" in result["checks"]["replication"]["note"]
+    row = standby_row(receiver_status=None, receiver_pid=4242)
+    result = run(FakeRunner({"replication": [row]}, dict(plain, in_recovery=True)), ["replication"])
+    assert result["status"] == "ok" and "GRANT pg_monitor TO app" in result["checks"]["replication"]["note"]
 
 
 def test_expect_role_mismatch_is_critical():

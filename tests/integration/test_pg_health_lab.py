@@ -312,3 +312,13 @@ def test_non_superuser_roles(primary, standby, dbname, sessions, app):
         with session(primary, "pgh-test-admin", dbname) as admin:
             admin.execute(f"DROP ROLE IF EXISTS {mon}")
             admin.execute(f"DROP ROLE IF EXISTS {plain}")
+
+
+def test_unix_socket_and_dsn_reach_the_same_server(primary):
+    by_socket = run_core(params_for(primary, login_host="ignored.invalid", login_unix_socket=primary["socket_dir"],
+                                    login_password=None), ["connectivity"])
+    assert by_socket["status"] == "ok" and by_socket["role"] == "primary"
+    dsn = (f"postgresql://{primary['user']}:{primary['password']}@{primary['host']}:{primary['port']}/"
+           f"{primary['dbname']}?sslmode=disable")
+    by_dsn = run_core(params_for(primary, login_host=None, login_password=None, dsn=dsn), ["connectivity"])
+    assert by_dsn["status"] == "ok" and by_dsn["checks"]["connectivity"]["details"][0]["database"] == primary["dbname"]

@@ -461,6 +461,8 @@ class CacheFlusher:
 
     def apply_node(self, name, client, keys) -> tuple[int, list, list]:
         """(keys done, keys refused, first errors) for this node."""
+        if not keys:
+            return 0, [], []
         done = 0
         refused: list = []
         errors: list = []
@@ -531,7 +533,7 @@ class CacheFlusher:
         done_key = "expired" if self.action == "expire" else "deleted"
         nodes = []
         if check_mode:
-            for (name, client), keys in zip(self.nodes, found):
+            for (name, client), keys in zip(self.nodes, found, strict=True):
                 done = len(keys)
                 entry = {"node": name, "matched": len(keys)}
                 if self.action == "expire":
@@ -541,10 +543,10 @@ class CacheFlusher:
                 nodes.append(entry)
             return summarize(nodes, self.action, sample, started, self.clock())
 
-        work = [(name, client, keys) for (name, client), keys in zip(self.nodes, found)]
+        work = [(name, client, keys) for (name, client), keys in zip(self.nodes, found, strict=True)]
         applied = self._parallel(self.apply_node, work)
         errors = []
-        for (name, _client, keys), (done, refused, errs) in zip(work, applied):
+        for (name, _client, keys), (done, refused, errs) in zip(work, applied, strict=True):
             skipped = 0
             if refused and self.fallback is not None:
                 more, skipped, retry_errors = self.retry(refused)
@@ -588,9 +590,9 @@ class CacheFlusher:
         started = self.clock()
         counts = self._parallel(self.count_db, self.nodes)
         if not check_mode:
-            self._parallel(self.flush_node, [node for node, count in zip(self.nodes, counts) if count])
+            self._parallel(self.flush_node, [node for node, count in zip(self.nodes, counts, strict=True) if count])
         nodes = [{"node": name, "matched": count, "deleted": count, "skipped": 0}
-                 for (name, _client), count in zip(self.nodes, counts)]
+                 for (name, _client), count in zip(self.nodes, counts, strict=True)]
         return summarize(nodes, "delete", [], started, self.clock(), mode=self.mode)
 
     def run(self, check_mode: bool = False) -> dict:

@@ -256,15 +256,15 @@ duration_ms:
   sample: 1840
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.ops.runbooks.plugins.module_utils._redis_cache_flush import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._redis_cache_flush import (  # noqa: E402
     DEFAULT_MAX_KEYS,
     CacheFlusher,
     FlushError,
     primaries,
     validate,
 )
-from ansible_collections.ops.runbooks.plugins.module_utils._redis_client import (
+from ansible_collections.ops.runbooks.plugins.module_utils._redis_client import (  # noqa: E402
     RedisConnectionError,
     check_redis,
     connect,
@@ -311,7 +311,7 @@ def main():
         result = flusher.run(check_mode=module.check_mode)
     except FlushError as exc:
         module.fail_json(msg=str(exc), **exc.result)
-    except Exception as exc:  # pylint: disable=broad-except  # a library error we did not expect
+    except Exception as exc:  # noqa: BLE001 pylint: disable=broad-except  # an unexpected library error
         module.fail_json(msg=failure_message(params, str(exc) or type(exc).__name__), changed=False)
     finally:
         client.close()

@@ -93,3 +93,48 @@ def load_keys(port: int, prefix: str, count: int, password: str | None = None, s
     subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), "--pipe"], input=data, check=True,
                    capture_output=True, env=env, timeout=300)
     return time.monotonic() - began
+
+
+# ------------------------------------------------------------ running the module for real
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = "ops.runbooks.redis_cache_flush"
+
+
+def playbook(tmp_path: Path, steps: list[dict]) -> Path:
+    """A play on localhost running the module once per step; results land in results.json.
+
+    A step is {"args": {...}, "check": bool} (failures are kept: ignore_errors).
+    """
+    import json
+
+    out = tmp_path / "results.json"
+    tasks = []
+    for i, step in enumerate(steps):
+        tasks.append({"name": f"step {i}", MODULE: step["args"], "register": f"r{i}",
+                      "check_mode": bool(step.get("check")), "ignore_errors": True})
+    names = ", ".join(f"r{i}" for i in range(len(steps)))
+    tasks.append({"name": "Save results", "ansible.builtin.copy": {
+        "content": "{{ [" + names + "] | to_json }}", "dest": str(out), "mode": "0600"},
+        "check_mode": False, "no_log": True})
+    play = tmp_path / "play.yml"
+    play.write_text(json.dumps([{"name": "redis_cache_flush", "hosts": "localhost", "gather_facts": False,
+                                 "tasks": tasks}]))
+    return play
+
+
+def run_steps(tmp_path: Path, steps: list[dict], venv_bin: Path, env: dict, *args: str):
+    """Run the steps with ansible-playbook; return (proc, [result per step])."""
+    import json
+    import sys
+
+    play = playbook(tmp_path, steps)
+    env = {k: v for k, v in env.items() if not k.startswith("REDIS_")}
+    proc = subprocess.run(
+        [str(venv_bin / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play),
+         "-e", f"ansible_python_interpreter={sys.executable}", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300)
+    out = tmp_path / "results.json"
+    results = json.loads(out.read_text()) if out.exists() else None
+    assert results is not None, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc, results

@@ -320,9 +320,15 @@ def primaries(client, cluster: bool, name: str) -> list[tuple[str, object]]:
     return [(node_name(n), client.get_redis_connection(n)) for n in client.get_primaries()]
 
 
+_REPLY_CODES = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN",
+                "ClusterDownError": "CLUSTERDOWN"}
+
+
 def _short(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    """First line of an error; redis-py drops the MOVED/ASK code from the text: put it back."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+    code = _REPLY_CODES.get(type(exc).__name__)
+    return f"{code} {text}" if code and not text.startswith(code) else text
 
 
 # --------------------------------------------------------------------------- results

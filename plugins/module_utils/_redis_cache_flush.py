@@ -37,6 +37,7 @@ import time
 from binascii import crc_hqx
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 
 try:
     from redis.exceptions import RedisError, ResponseError
@@ -49,6 +50,7 @@ DEFAULT_MAX_KEYS = 100000
 UNLINK_CHUNK = 1000       # keys per UNLINK command
 WINDOW_KEYS = 16000       # keys written ahead of the replies read back
 SLOTS = 16384
+_SLOT_MASK = SLOTS - 1
 
 
 class FlushError(Exception):
@@ -207,9 +209,20 @@ def hash_slot(key: bytes) -> int:
 
 
 def group_by_slot(keys) -> dict[int, list]:
+    """{slot: [keys]}. Keys without a `{` (the usual case) take a C-level CRC16 path."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    if b"{" in b"".join(keys):
+        slots = map(hash_slot, keys)
+    else:
+        slots = map(crc_hqx, keys, repeat(0, len(keys)))
     groups: dict[int, list] = {}
-    for key in keys:
-        groups.setdefault(hash_slot(key), []).append(key)
+    for slot, key in zip(slots, keys, strict=True):
+        try:
+            groups[slot & _SLOT_MASK].append(key)
+        except KeyError:
+            groups[slot & _SLOT_MASK] = [key]
     return groups
 
 

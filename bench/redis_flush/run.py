@@ -222,18 +222,21 @@ def median_of(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for field in ("wall", "cpu", "p50", "p99", "max"):
         out[field] = statistics.median(r[field] for r in runs)
+    best = min(runs, key=lambda r: r["wall"])
+    out["best"] = best["wall"]
+    out["best_cpu"] = best["cpu"]
     out["ok"] = all(r["ok"] for r in runs)
     out["runs"] = len(runs)
     return out
 
 
 def row(r: dict) -> str:
-    return (f"| {r['name']:<44} | {r['wall']:7.2f} | {r['cpu']:7.2f} | {r['p50']:6.2f} | {r['p99']:6.2f} | "
-            f"{r['max']:7.1f} | {'yes' if r['ok'] else 'NO'} |")
+    return (f"| {r['name']:<44} | {r['wall']:7.2f} | {r['best']:7.2f} | {r['cpu']:7.2f} | {r['p50']:6.2f} | "
+            f"{r['p99']:6.2f} | {r['max']:7.1f} | {'yes' if r['ok'] else 'NO'} |")
 
 
-HEADER = ("| run (median of N) | wall s | server CPU s | p50 ms | p99 ms | max ms | only p:* gone |\n"
-          "|---|---:|---:|---:|---:|---:|---|")
+HEADER = ("| run | wall s (median) | wall s (best) | server CPU s | p50 ms | p99 ms | max ms | only p:* gone |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---|")
 
 
 # --------------------------------------------------------------------------------- main
@@ -283,23 +286,28 @@ def main() -> int:
     print(HEADER)
     for r in results.values():
         print(row(r))
-    mod, base = results["module"], results["runbook"]
-    floor = mod["cpu"]
+    mod, base, lua = results["module"], results["runbook"], results["lua"]
     print()
-    print(f"module wall / floor (server CPU during the module's flush):  {mod['wall'] / floor:5.2f}x  "
-          f"(target <= 1.4x)")
-    print(f"module wall / Lua floor (server CPU of a server-only flush):  {mod['wall'] / results['lua']['cpu']:5.2f}x")
-    print(f"runbook pipeline / module:                                    {base['wall'] / mod['wall']:5.2f}x  "
-          f"(target >= 6x)")
-    print(f"concurrent client p99 during the module flush:                {mod['p99']:5.2f} ms (target < 5 ms); "
-          f"during the runbook pipeline {base['p99']:.2f} ms")
+    print("ratios                                               median   best")
+    print(f"module wall / floor (server CPU of the module's flush) {mod['wall'] / mod['cpu']:6.2f}x "
+          f"{mod['best'] / mod['best_cpu']:6.2f}x  (target <= 1.4x)")
+    print(f"module wall / Lua floor (server-only SCAN+UNLINK CPU)  {mod['wall'] / lua['cpu']:6.2f}x "
+          f"{mod['best'] / lua['best_cpu']:6.2f}x")
+    print(f"runbook pipeline wall / module wall                    {base['wall'] / mod['wall']:6.2f}x "
+          f"{base['best'] / mod['best']:6.2f}x  (target >= 6x)")
+    print(f"server CPU: runbook pipeline / module                  {base['cpu'] / mod['cpu']:6.2f}x")
+    print(f"concurrent client p99 during the module flush: {mod['p99']:.2f} ms (target < 5 ms); "
+          f"during the runbook pipeline {base['p99']:.2f} ms; max {mod['max']:.1f} ms")
     if "ansible" in results:
-        print(f"ansible-playbook end to end / module flush:                   "
-              f"{results['ansible']['wall'] / mod['wall']:5.2f}x")
+        print(f"ansible-playbook end to end / module flush            "
+              f"{results['ansible']['wall'] / mod['wall']:6.2f}x {results['ansible']['best'] / mod['best']:6.2f}x")
     if "cluster" in results:
-        c, s = results["cluster"], results["cluster_seq"]
-        print(f"cluster: sequential primaries / parallel primaries:          {s['wall'] / c['wall']:5.2f}x; "
-              f"parallel wall / server CPU (3 primaries): {c['wall'] / c['cpu']:.2f}x")
+        c, q = results["cluster"], results["cluster_seq"]
+        print(f"cluster: one primary at a time / primaries in parallel {q['wall'] / c['wall']:6.2f}x "
+              f"{q['best'] / c['best']:6.2f}x")
+        print(f"cluster: parallel wall / server CPU of 3 primaries     {c['wall'] / c['cpu']:6.2f}x "
+              f"{c['best'] / c['best_cpu']:6.2f}x")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 CPUs shared with other work)")
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 

@@ -30,7 +30,6 @@ in between are simply not counted in `deleted`.
 
 from __future__ import annotations
 
-import heapq
 import re
 import threading
 import time
@@ -43,6 +42,11 @@ try:
     from redis.exceptions import RedisError, ResponseError
 except ImportError:  # the module checks for redis-py before it gets here
     RedisError = ResponseError = Exception  # type: ignore[misc,assignment]
+
+try:  # C serializer (redis-py uses it too when installed); keys are bytes already
+    from hiredis import pack_command as _pack_bytes
+except ImportError:
+    _pack_bytes = None
 
 MODES = ("pattern", "db", "all")
 ACTIONS = ("delete", "expire")
@@ -313,6 +317,13 @@ class Wire:
     def send(self, *args) -> None:
         self.conn.send_packed_command(self.conn.pack_command(*args), check_health=False)
 
+    def send_keys(self, args: tuple) -> None:
+        """Like send() for bytes/int arguments, without redis-py's per-argument Python work."""
+        if _pack_bytes is None:
+            self.send(*args)
+        else:
+            self.conn.send_packed_command([_pack_bytes(args)], check_health=False)
+
     def read(self):
         return self.conn.read_response()
 
@@ -421,8 +432,10 @@ class CacheFlusher:
 
     # -- mode: pattern, step 1
     def scan_node(self, name, client, budget: Budget):
-        """Set of keys on this node matching the patterns and none of the excludes."""
+        """(set of keys on this node matching the patterns and none of the excludes, the first
+        sample_size of them in SCAN order - the same on an unchanged keyspace)."""
         found: set = set()
+        first: list = []
         wire = Wire(client)
         try:
             for pattern in self.patterns:
@@ -432,6 +445,8 @@ class CacheFlusher:
                     cursor, keys = wire.read()
                     if keys:
                         keys = drop_matching(keys, self.exclude)
+                        if len(first) < self.sample_size:
+                            first.extend(k for k in keys[:self.sample_size] if k not in found)
                         before = len(found)
                         found.update(keys)
                         budget.add(len(found) - before)
@@ -442,7 +457,7 @@ class CacheFlusher:
             self._fail("SCAN", name, exc)
         finally:
             wire.close()
-        return found
+        return found, first[:self.sample_size]
 
     def count_without_ttl(self, name, client, keys) -> int:
         """How many of keys exist without a TTL (pipelined TTL; for check mode of expire)."""
@@ -472,11 +487,11 @@ class CacheFlusher:
         size = chunk_size(self.rate_limit)
         if self.action == "delete":
             for batch in batches(keys, size, self.by_slot):
-                yield ("UNLINK", *batch), batch
+                yield (b"UNLINK", *batch), batch
         else:
             for batch in batches(keys, size, False):
                 for key in batch:
-                    yield ("EXPIRE", key, self.ttl, "NX"), [key]
+                    yield (b"EXPIRE", key, self.ttl, b"NX"), [key]
 
     def apply_node(self, name, client, keys) -> tuple[int, list, list]:
         """(keys done, keys refused, first errors) for this node."""
@@ -504,7 +519,7 @@ class CacheFlusher:
         try:
             for args, batch in self._commands(keys):
                 self.limiter.acquire(len(batch))
-                wire.send(*args)
+                wire.send_keys(args)
                 inflight.append(batch)
                 pending += len(batch)
                 while pending > window:
@@ -539,7 +554,8 @@ class CacheFlusher:
     def run_pattern(self, check_mode: bool) -> dict:
         started = self.clock()
         budget = Budget(self.max_keys)
-        found = self._parallel(lambda name, client: self.scan_node(name, client, budget), self.nodes)
+        scanned = self._parallel(lambda name, client: self.scan_node(name, client, budget), self.nodes)
+        found = [keys for keys, _first in scanned]
         matched = sum(len(keys) for keys in found)
         if budget.exceeded:
             raise FlushError(
@@ -547,8 +563,7 @@ class CacheFlusher:
                 f"before stopping); nothing was deleted. Narrow the patterns, or raise max_keys "
                 f"(0 = no limit) if you mean it",
                 {"changed": False, "matched": budget.total})
-        sample = decode_sample(heapq.nsmallest(self.sample_size, (k for keys in found for k in
-                                                                  heapq.nsmallest(self.sample_size, keys))))
+        sample = decode_sample(sorted(k for _keys, first in scanned for k in first)[:self.sample_size])
         done_key = "expired" if self.action == "expire" else "deleted"
         nodes = []
         if check_mode:

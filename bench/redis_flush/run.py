@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of ops.runbooks.redis_cache_flush against the runbook's pipeline.
 
     .venv/bin/python bench/redis_flush/run.py [--keys 1000000] [--other 200000] [--repeat 3]

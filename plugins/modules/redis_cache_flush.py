@@ -284,7 +284,7 @@ def argument_spec() -> dict:
         action={"type": "str", "choices": ["delete", "expire"], "default": "delete"},
         ttl={"type": "int"},
         batch_size={"type": "int", "default": 1000},
-        max_keys={"type": "int", "default": DEFAULT_MAX_KEYS},
+        max_keys={"type": "int", "default": DEFAULT_MAX_KEYS, "no_log": False},
         rate_limit={"type": "int", "default": 0},
         sample_size={"type": "int", "default": 10},
         force={"type": "bool", "default": False},

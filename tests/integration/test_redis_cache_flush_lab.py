@@ -42,8 +42,7 @@ def keys(client, prefix):
     return sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1000))
 
 
-def test_only_matching_keys_go_check_mode_equals_real_run_second_run_unchanged(target, tmp_path, venv_bin,
-                                                                                ansible_env):
+def test_only_matching_keys_go_check_mode_equals_real_second_run_unchanged(target, tmp_path, venv_bin, ansible_env):
     kind, conn, client, prefix = target
     load(client, prefix, {"rate": 1500, "sess": 40, "rates_other": 7})
     survivors = sorted(keys(client, f"{prefix}:sess") + keys(client, f"{prefix}:rates_other"))
@@ -55,8 +54,8 @@ def test_only_matching_keys_go_check_mode_equals_real_run_second_run_unchanged(t
         assert not result.get("failed"), result
     # check mode: counted, nothing deleted, same answer as the real run
     assert check["changed"] is True and check["matched"] == 1500 and check["deleted"] == 1500
-    assert (check["changed"], check["matched"], check["deleted"], check["sample"]) == \
-        (real["changed"], real["matched"], real["deleted"], real["sample"])
+    fields = ("changed", "matched", "deleted", "sample")
+    assert [check[f] for f in fields] == [real[f] for f in fields]
     assert check["diff"] == real["diff"] == {"before": {"keys": 1500}, "after": {"keys": 0}}
     assert len(real["sample"]) == 10 and all(k.startswith(f"{prefix}:rate:") for k in real["sample"])
     # only the matching keys are gone

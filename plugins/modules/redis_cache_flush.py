@@ -13,7 +13,8 @@ description:
   - Deletes (C(UNLINK)) or sets a TTL on the keys matching glob O(patterns), leaving the keys
     matching O(exclude_patterns) alone, or empties a whole database (C(FLUSHDB ASYNC)) or
     server (C(FLUSHALL ASYNC)).
-  - Never uses C(KEYS). Keys are found with C(SCAN MATCH ... COUNT O(batch_size)) and removed
+  - Never uses C(KEYS). Keys are found with C(SCAN cursor MATCH pattern COUNT n), n being
+    O(batch_size), and removed
     with pipelined multi-key C(UNLINK) commands, so the server keeps answering other clients
     during the flush (each command does a bounded amount of work).
   - On a Redis Cluster (ElastiCache cluster mode) every primary is scanned over a direct
@@ -110,8 +111,9 @@ options:
     default: 0
   sample_size:
     description:
-      - How many matched key names to return in RV(sample) (the smallest ones, so the same
-        keys in check mode and in a real run).
+      - How many matched key names to return in RV(sample): the first ones C(SCAN) returned on
+        each primary, sorted, so an unchanged keyspace gives the same sample in check mode and
+        in the real run.
     type: int
     default: 10
   force:
@@ -217,7 +219,7 @@ skipped:
   type: int
   sample: 0
 sample:
-  description: Up to O(sample_size) of the matched key names (smallest first).
+  description: Up to O(sample_size) of the matched key names (the first ones found, sorted).
   returned: always
   type: list
   elements: str

@@ -261,6 +261,8 @@ def main() -> int:
         ports = [rd.port]
         plan = [("runbook", "runbook: redis-cli --scan | xargs redis-cli del", lambda: flush_runbook(rd.port)),
                 ("module", "module flush (SCAN + windowed UNLINK)", lambda: flush_module(rd.port, options)),
+                ("module5k", "module flush, batch_size 5000",
+                 lambda: flush_module(rd.port, {**options, "batch_size": 5000})),
                 ("lua", "floor: server-side Lua SCAN+UNLINK", lambda: flush_lua(ports, args.batch_size))]
         if not args.skip_ansible:
             plan.append(("ansible", "module via ansible-playbook (incl. start-up)",

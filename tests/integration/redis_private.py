@@ -3,8 +3,10 @@ and benchmarks: free ports, a temp dir, stopped by pid. Never touches the shared
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,8 +108,6 @@ def playbook(tmp_path: Path, steps: list[dict]) -> Path:
 
     A step is {"args": {...}, "check": bool} (failures are kept: ignore_errors).
     """
-    import json
-
     out = tmp_path / "results.json"
     tasks = []
     for i, step in enumerate(steps):
@@ -125,9 +125,6 @@ def playbook(tmp_path: Path, steps: list[dict]) -> Path:
 
 def run_steps(tmp_path: Path, steps: list[dict], venv_bin: Path, env: dict, *args: str):
     """Run the steps with ansible-playbook; return (proc, [result per step])."""
-    import json
-    import sys
-
     play = playbook(tmp_path, steps)
     env = {k: v for k, v in env.items() if not k.startswith("REDIS_")}
     proc = subprocess.run(

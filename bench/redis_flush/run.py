@@ -292,7 +292,7 @@ def main() -> int:
         results["idle"] = median_of([idle(rd.port) for _run in range(args.repeat)])
         results["idle"]["best"], results["idle"]["best_cpu"] = 3.0, results["idle"]["cpu"]
         print(row(results["idle"]), flush=True)
-        plan = [("runbook", "runbook: redis-cli --scan | xargs redis-cli del", lambda: flush_runbook(rd.port)),
+        plan = [("runbook", "runbook: redis-cli --scan \\| xargs redis-cli del", lambda: flush_runbook(rd.port)),
                 ("module", "module flush (SCAN + windowed UNLINK)", lambda: flush_module(rd.port, options)),
                 ("module5k", "module flush, batch_size 5000",
                  lambda: flush_module(rd.port, {**options, "batch_size": 5000})),

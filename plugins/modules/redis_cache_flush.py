@@ -14,9 +14,9 @@ description:
     matching O(exclude_patterns) alone, or empties a whole database (C(FLUSHDB ASYNC)) or
     server (C(FLUSHALL ASYNC)).
   - Never uses C(KEYS). Keys are found with C(SCAN cursor MATCH pattern COUNT n), n being
-    O(batch_size), and removed
-    with pipelined multi-key C(UNLINK) commands, so the server keeps answering other clients
-    during the flush (each command does a bounded amount of work).
+    O(batch_size), and removed with pipelined multi-key C(UNLINK) commands, so the server
+    keeps answering other clients during the flush (each command does a bounded amount of
+    work).
   - On a Redis Cluster (ElastiCache cluster mode) every primary is scanned over a direct
     connection, all primaries in parallel; each C(UNLINK) only holds keys of one hash slot
     (no C(CROSSSLOT) errors). A key whose slot moves during the run (C(MOVED), C(ASK)) is
@@ -111,7 +111,7 @@ options:
     default: 0
   sample_size:
     description:
-      - How many matched key names to return in RV(sample): the first ones C(SCAN) returned on
+      - How many matched key names to return in RV(sample), the first ones C(SCAN) returned on
         each primary, sorted, so an unchanged keyspace gives the same sample in check mode and
         in the real run.
     type: int

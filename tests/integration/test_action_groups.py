@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 
 import yaml
 
@@ -49,3 +50,35 @@ def test_postgres_group_defaults_reach_pg_health(venv_bin, ansible_env, tmp_path
     assert result["status"] == "ok", result
     assert result["checks"]["connectivity"]["status"] == "ok"
     assert result["role"] == "primary"
+
+
+def test_redis_group_defaults_reach_redis_cache_flush(venv_bin, ansible_env, tmp_path, redis_lab):
+    import redis
+
+    server = redis_lab["standalone"]
+    prefix = f"ops-ag-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis(host=server["host"], port=server["port"], password=server["password"])
+    client.mset({f"{prefix}:{i}": i for i in range(5)})
+    try:
+        play = {
+            "name": "redis group defaults",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "module_defaults": {
+                "group/ops.runbooks.redis": {
+                    "login_host": server["host"], "login_port": server["port"],
+                    "login_password": server["password"], "cluster": False,
+                },
+            },
+            "tasks": [
+                {"name": "No connection options of its own",
+                 "ops.runbooks.redis_cache_flush": {"patterns": [f"{prefix}:*"]},
+                 "register": "result"},
+            ],
+        }
+        result = run_play(venv_bin, ansible_env, tmp_path, play)
+        assert result["matched"] == 5 and result["deleted"] == 5, result
+        assert client.exists(*[f"{prefix}:{i}" for i in range(5)]) == 0
+    finally:
+        client.delete(*[f"{prefix}:{i}" for i in range(5)])
+        client.close()

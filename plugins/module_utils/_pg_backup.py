@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 
+UTC_TZ = _dt.timezone.utc  # noqa: UP017  (datetime.UTC needs Python 3.11; managed nodes may be older)
 TOOL = "ops.runbooks.pg_backup"
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -128,11 +129,11 @@ def human_duration(seconds: float) -> str:
 
 
 def utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(UTC_TZ)
 
 
 def iso(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC_TZ).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> _dt.datetime:
@@ -358,7 +359,7 @@ def remove_path(path: str) -> None:
 
 
 def backup_name(prefix: str, fmt: str, moment: _dt.datetime) -> str:
-    return f"{prefix}_{moment.astimezone(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}{FORMATS[fmt][1]}"
+    return f"{prefix}_{moment.astimezone(UTC_TZ).strftime('%Y%m%dT%H%M%SZ')}{FORMATS[fmt][1]}"
 
 
 def list_backups(dest: str, database: str | None = None, prefix: str | None = None,
@@ -439,7 +440,8 @@ def quote_ident(name: str) -> str:
 def count_rows(conn, tables: list[tuple[str, str]]) -> dict:
     counts = {}
     for schema, table in tables:
-        row = conn.execute(f"SELECT count(*) FROM ONLY {quote_ident(schema)}.{quote_ident(table)}").fetchone()
+        row = conn.execute(f"SELECT count(*) FROM ONLY {quote_ident(schema)}.{quote_ident(table)}"  # noqa: S608
+                           ).fetchone()
         counts[f"{schema}.{table}"] = int(row[0])
     return counts
 

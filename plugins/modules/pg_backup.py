@@ -192,10 +192,10 @@ backups:
   elements: str
 """
 
-import os
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (  # noqa: E402
     FORMATS,
     PgBackupError,
     ProcessRunner,
@@ -210,7 +210,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (
     take_backup,
     utcnow,
 )
-from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (
+from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (  # noqa: E402
     PostgresConnectionError,
     check_psycopg,
     connect,

@@ -134,7 +134,8 @@ def playbook(venv_bin: Path, env: dict, play: str, *args: str, timeout: int = 60
         handle.write(play)
     try:
         return subprocess.run(
-            [str(venv_bin / "ansible-playbook"), "-i", "localhost,", "-c", "local", handle.name, *args],
+            [str(venv_bin / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
+             f"ansible_python_interpreter={sys.executable}", handle.name, *args],
             cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=timeout)
     finally:
         os.unlink(handle.name)

@@ -516,6 +516,15 @@ class Verifier:
                              "backup_path": None, "format": None, "manifest_path": None,
                              "backup_age_seconds": None, "restore_seconds": None}
         self.stop = threading.Event()
+        self.timings: dict = {}
+
+    @contextmanager
+    def _timed(self, name):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0) + time.monotonic() - start, 3)
 
     # -- helpers
     def _set(self, name, item):
@@ -530,7 +539,7 @@ class Verifier:
         finally:
             self.stop.set()
         status, problems = overall(self.checks)
-        self.result.update(status=status, problems=problems,
+        self.result.update(status=status, problems=problems, timings=self.timings,
                            checks={k: self.checks[k] for k in CHECK_ORDER if k in self.checks})
         return self.result
 
@@ -631,7 +640,8 @@ class Verifier:
             self._content(path, fmt, manifest)
         finally:
             if thread is not None:
-                thread.join()
+                with self._timed("checksum_wait"):
+                    thread.join()
         if expected:
             self._set("checksum", evaluate_checksum(expected, csum.get("actual"), csum_source, csum.get("error")))
         elif o.get("checksum") == "manifest":
@@ -656,7 +666,8 @@ class Verifier:
     def _content(self, path, fmt, manifest):
         o = self.o
         if fmt in ("custom", "directory"):
-            rc, out, err = self.runner.run([self.tool("pg_restore"), "--list", path], env=None)
+            with self._timed("toc"):
+                rc, out, err = self.runner.run([self.tool("pg_restore"), "--list", path], env=None)
             toc = evaluate_toc(rc, out, err, o.get("allow_empty", False))
             self._set("toc", toc)
             if rc != 0:
@@ -710,20 +721,23 @@ class Verifier:
         name = None
         created = False
         try:
-            self._drop_stale(admin)
-            name, created = self._create_scratch(admin)
+            with self._timed("scratch_create"):
+                self._drop_stale(admin)
+                name, created = self._create_scratch(admin)
             if not created:
                 return
             ok = self._run_restore(path, fmt, name)
             if ok:
-                self._row_counts(name, manifest)
+                with self._timed("row_counts"):
+                    self._row_counts(name, manifest)
             else:
                 self._set("row_counts", skipped("restore failed"))
         finally:
             self.stop.set()
             self.runner.terminate_all()
             if created and not o.get("keep_scratch"):
-                self._drop(admin, name)
+                with self._timed("scratch_drop"):
+                    self._drop(admin, name)
             try:
                 admin.close()
             except Exception:  # noqa: BLE001,S110

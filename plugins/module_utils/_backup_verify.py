@@ -166,13 +166,15 @@ def evaluate_checksum(expected: str | None, actual: str | None, source: str, err
     return check(OK, f"sha256 matches the {source}", actual, expected)
 
 
-_TOC_LINE = re.compile(r"^\d+;\s*\d+\s+\d+\s+(?P<rest>.*)$")
+_TOC_LINE = re.compile(r"^(?P<id>\d+);\s*\d+\s+\d+\s+(?P<rest>.*)$")
 
 
 def parse_toc(listing: str) -> dict:
-    """`pg_restore --list` output -> {"entries": n, "table_data": ["schema.table", ...]}."""
+    """`pg_restore --list` output -> {"entries": n, "table_data": ["schema.table", ...],
+    "ids": {dump_id: (schema, table)}}."""
     entries = 0
     table_data = []
+    ids = {}
     for line in listing.splitlines():
         if not line.strip() or line.lstrip().startswith(";"):
             continue
@@ -183,7 +185,8 @@ def parse_toc(listing: str) -> dict:
             schema, _sep, remainder = match.group("rest")[len("TABLE DATA "):].partition(" ")
             name = remainder.rsplit(" ", 1)[0] if " " in remainder else remainder
             table_data.append(f"{schema}.{name}")
-    return {"entries": entries, "table_data": table_data}
+            ids[int(match.group("id"))] = (schema, name)
+    return {"entries": entries, "table_data": table_data, "ids": ids}
 
 
 def evaluate_toc(rc: int, listing: str, stderr: str, allow_empty: bool) -> dict:
@@ -435,43 +438,73 @@ def list_tables(conn) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in conn.execute(TABLES_SQL).fetchall()]
 
 
-def count_parallel(connect, tables: list[tuple[str, str]], workers: int, stop: threading.Event) -> dict:
-    """Exact count(*) of every table, `workers` connections at once, biggest tables first."""
-    counts: dict = {}
-    errors: list = []
-    todo: queue.Queue = queue.Queue()
-    for item in tables:
-        todo.put(item)
+class TableCounter:
+    """Exact count(*) of tables on `workers` connections, as tables are handed in with `put()`:
+    during a parallel restore each table is counted as soon as pg_restore reports its data
+    finished, overlapping the counts with the rest of the restore (indexes, other tables)."""
 
-    def _work():
+    def __init__(self, connect, workers: int, stop: threading.Event):
+        self.connect = connect
+        self.stop = stop
+        self.todo: queue.Queue = queue.Queue()
+        self.counts: dict = {}
+        self.errors: list = []
+        self.seen: set = set()
+        self.threads = [threading.Thread(target=self._work, daemon=True, name=f"verify-count-{n}")
+                        for n in range(max(1, workers))]
+        for thread in self.threads:
+            thread.start()
+
+    def put(self, schema: str, table: str) -> None:
+        if (schema, table) not in self.seen:
+            self.seen.add((schema, table))
+            self.todo.put((schema, table))
+
+    def _work(self):
+        conn = None
         try:
-            conn = connect()
-        except Exception as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
-            return
-        try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 try:
-                    schema, table = todo.get_nowait()
+                    item = self.todo.get(timeout=0.2)
                 except queue.Empty:
+                    continue
+                if item is None:
                     return
+                if conn is None:
+                    conn = self.connect()
+                schema, table = item
                 row = conn.execute(f"SELECT count(*) FROM ONLY {quote_ident(schema)}.{quote_ident(table)}"  # noqa: S608
                                    ).fetchone()
-                counts[f"{schema}.{table}"] = int(row[0])
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+                self.counts[f"{schema}.{table}"] = int(row[0])
+        except Exception as exc:  # noqa: BLE001  (reported by finish())
+            self.errors.append(exc)
         finally:
-            conn.close()
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001,S110
+                    pass
 
-    threads = [threading.Thread(target=_work, daemon=True, name=f"verify-count-{n}")
-               for n in range(max(1, min(workers, len(tables))))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return counts
+    def finish(self) -> dict:
+        for _thread in self.threads:
+            self.todo.put(None)
+        for thread in self.threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+        return dict(self.counts)
+
+    def abandon(self) -> None:
+        for _thread in self.threads:
+            self.todo.put(None)
+
+
+def count_parallel(connect, tables: list[tuple[str, str]], workers: int, stop: threading.Event) -> dict:
+    """Exact count(*) of every table, `workers` connections at once, in the order given."""
+    counter = TableCounter(connect, min(workers, max(1, len(tables))), stop)
+    for schema, table in tables:
+        counter.put(schema, table)
+    return counter.finish()
 
 
 def tables_by_size(conn) -> list[tuple[str, str]]:
@@ -517,6 +550,8 @@ class Verifier:
                              "backup_age_seconds": None, "restore_seconds": None}
         self.stop = threading.Event()
         self.timings: dict = {}
+        self.toc_ids: dict = {}
+        self.counter: TableCounter | None = None
 
     @contextmanager
     def _timed(self, name):
@@ -670,6 +705,8 @@ class Verifier:
                 rc, out, err = self.runner.run([self.tool("pg_restore"), "--list", path], env=None)
             toc = evaluate_toc(rc, out, err, o.get("allow_empty", False))
             self._set("toc", toc)
+            if rc == 0:
+                self.toc_ids = parse_toc(out)["ids"]
             if rc != 0:
                 self._set("integrity", check(CRITICAL, "archive unreadable (see toc)"))
                 self._set("restore", skipped("archive unreadable"))
@@ -726,6 +763,9 @@ class Verifier:
                 name, created = self._create_scratch(admin)
             if not created:
                 return
+            jobs = o.get("jobs") or 1
+            if fmt in ("custom", "directory") and jobs > 1 and (o.get("compare") or "manifest") != "none":
+                self.counter = TableCounter(lambda: self.target(name), jobs, self.stop)
             ok = self._run_restore(path, fmt, name)
             if ok:
                 with self._timed("row_counts"):
@@ -734,6 +774,8 @@ class Verifier:
                 self._set("row_counts", skipped("restore failed"))
         finally:
             self.stop.set()
+            if self.counter is not None:
+                self.counter.abandon()
             self.runner.terminate_all()
             if created and not o.get("keep_scratch"):
                 with self._timed("scratch_drop"):
@@ -806,7 +848,12 @@ class Verifier:
         if fmt in ("custom", "directory"):
             argv = [self.tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
                     f"--jobs={o.get('jobs') or 1}", f"--dbname={name}", path]
-            rc, _out, err = self.runner.run(argv, env=env, capture_stdout=False)
+            if self.counter is not None:  # count each table as soon as its data is in (see TableCounter)
+                argv.insert(-1, "--verbose")
+                rc, _out, err = self.runner.run(argv, env=env, capture_stdout=False,
+                                                on_stderr_line=self._restore_progress)
+            else:
+                rc, _out, err = self.runner.run(argv, env=env, capture_stdout=False)
             if rc != 0:
                 self._set("restore", check(CRITICAL, f"pg_restore into scratch database {name} failed: "
                                                      f"{last_line(err)}", rc))
@@ -833,6 +880,15 @@ class Verifier:
                 return False
         return True
 
+    _FINISHED = re.compile(r"finished item (\d+) TABLE DATA ")
+
+    def _restore_progress(self, line: str) -> None:
+        match = self._FINISHED.search(line)
+        if match and self.counter is not None:
+            ident = self.toc_ids.get(int(match.group(1)))
+            if ident:
+                self.counter.put(*ident)
+
     def _row_counts(self, name, manifest):
         o = self.o
         compare = o.get("compare") or "manifest"
@@ -848,7 +904,14 @@ class Verifier:
         if compare == "none":
             self._set("row_counts", skipped("compare=none"))
             return
-        actual = count_parallel(lambda: self.target(name), tables, o.get("jobs") or 1, self.stop)
+        if self.counter is not None:
+            counted_early = len(self.counter.seen)
+            for schema, table in tables:
+                self.counter.put(schema, table)
+            actual = self.counter.finish()
+            self.result["tables_counted_during_restore"] = counted_early
+        else:
+            actual = count_parallel(lambda: self.target(name), tables, o.get("jobs") or 1, self.stop)
         if compare == "manifest":
             if manifest is None:
                 self._set("row_counts", check(CRITICAL, "no manifest to compare row counts with (see manifest)"))

@@ -195,15 +195,28 @@ class ProcessRunner:
         self._procs: set = set()
         self._lock = threading.Lock()
 
-    def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True):
+    def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True, on_stderr_line=None):
+        """`on_stderr_line(str)` is called for each stderr line as it arrives (from a reader thread)."""
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
-                [str(a) for a in argv], env=env, stderr=err,
+                [str(a) for a in argv], env=env,
+                stderr=subprocess.PIPE if on_stderr_line is not None else err,
                 stdin=subprocess.PIPE if stdin_chunks is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             )
             with self._lock:
                 self._procs.add(proc)
+            reader = None
+            if on_stderr_line is not None:
+                def _read():
+                    for raw in proc.stderr:
+                        err.write(raw)
+                        try:
+                            on_stderr_line(raw.decode("utf-8", "replace"))
+                        except Exception:  # noqa: BLE001,S110  (a callback bug must not hang the child)
+                            pass
+                reader = threading.Thread(target=_read, name="stderr-reader", daemon=True)
+                reader.start()
             try:
                 out = b""
                 if stdin_chunks is not None:
@@ -231,6 +244,9 @@ class ProcessRunner:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                if reader is not None:
+                    reader.join()
+                    proc.stderr.close()
                 if proc.stdout:
                     proc.stdout.close()
                 with self._lock:

@@ -56,7 +56,8 @@ TOC = """;
 
 
 def test_parse_toc():
-    assert bv.parse_toc(TOC) == {"entries": 6, "table_data": ["public.a", "s.Odd Name"]}
+    assert bv.parse_toc(TOC) == {"entries": 6, "table_data": ["public.a", "s.Odd Name"],
+                                 "ids": {3347: ("public", "a"), 3348: ("s", "Odd Name")}}
 
 
 def test_evaluate_toc():
@@ -207,8 +208,10 @@ class Runner:
         self.toc_rc, self.toc, self.restore_rc, self.restore_err = toc_rc, toc, restore_rc, restore_err
         self.terminated = 0
 
-    def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True):
+    def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True, on_stderr_line=None):
         self.calls.append((list(argv), env))
+        if on_stderr_line is not None:  # what pg_restore --verbose -j N prints when a table's data is in
+            on_stderr_line("pg_restore: finished item 3347 TABLE DATA a\n")
         if "--list" in argv:
             return self.toc_rc, self.toc, "" if self.toc_rc == 0 else "pg_restore: error: bad\n"
         return self.restore_rc, "", self.restore_err
@@ -301,7 +304,9 @@ def test_verifier_happy_path_drops_scratch_and_compares(tmp_path):
     restore_argv, env = runner.calls[1]
     assert restore_argv[:5] == ["/bin/pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
                                 "--no-password"]
-    assert "--jobs=2" in restore_argv and env == {"PGDATABASE": result["scratch_db"]}
+    assert "--jobs=2" in restore_argv and "--verbose" in restore_argv
+    assert env == {"PGDATABASE": result["scratch_db"]}
+    assert result["tables_counted_during_restore"] == 1  # public.a, from the "finished item 3347" line
     comment = [sql for _db, sql, _p in server.log if sql.startswith("COMMENT")][0]
     assert "host=me pid=99" in comment
     assert result["backup_age_seconds"] == 300
@@ -323,7 +328,7 @@ def test_verifier_interrupted_mid_restore_drops_scratch(tmp_path):
     server = Server({"public.a": 3})
 
     class Interrupting(Runner):
-        def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True):
+        def run(self, argv, env=None, stdin_chunks=None, capture_stdout=True, on_stderr_line=None):
             if "--list" not in argv:
                 raise bv.Interrupted(signal.SIGTERM)
             return super().run(argv, env, stdin_chunks, capture_stdout)
@@ -392,3 +397,21 @@ def test_verifier_missing_and_manifest_missing(tmp_path):
     assert result["checks"]["manifest"]["status"] == "critical"
     assert result["checks"]["checksum"]["status"] == "critical"
     assert list(server.dbs) == ["postgres"]
+
+
+def test_table_counter_counts_each_table_once_on_several_connections():
+    server = Server({"public.a": 3, "public.b": 4, "s.c": 5})
+    counter = bv.TableCounter(lambda: server.connect("scratch"), 2, threading.Event())
+    for ident in [("public", "a"), ("public", "b"), ("public", "a"), ("s", "c")]:
+        counter.put(*ident)
+    assert counter.finish() == {"public.a": 3, "public.b": 4, "s.c": 5}
+    assert sum(1 for _db, sql, _p in server.log if "count(*)" in sql) == 3
+
+
+def test_table_counter_reports_a_failure():
+    def broken():
+        raise bv.TargetError("gone")
+    counter = bv.TableCounter(broken, 2, threading.Event())
+    counter.put("public", "a")
+    with pytest.raises(bv.TargetError, match="gone"):
+        counter.finish()

@@ -10,7 +10,7 @@ module: pg_backup
 short_description: Dump a PostgreSQL database inside an exported snapshot, with a manifest
 version_added: 0.1.0
 description:
-  - Runs C(pg_dump) in custom or directory format B(inside an exported snapshot): the module opens a
+  - Runs C(pg_dump) in custom or directory format B(inside an exported snapshot). The module opens a
     C(REPEATABLE READ) transaction, calls C(pg_export_snapshot()) and runs C(pg_dump --snapshot) while that
     transaction stays open.
   - In the same snapshot it counts the rows of every table, so the manifest written beside the dump

@@ -53,7 +53,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (
 OK, WARNING, CRITICAL, SKIPPED = "ok", "warning", "critical", "skipped"
 SEVERITY = {SKIPPED: 0, OK: 0, WARNING: 1, CRITICAL: 2}
 CHECK_ORDER = ["exists", "manifest", "age", "size", "shrink", "checksum", "toc", "integrity", "restore",
-               "row_counts", "rds_snapshot", "rds_age"]
+               "row_counts", "cleanup", "rds_snapshot", "rds_age"]
 FORMATS = ["custom", "directory", "plain", "plain_gz"]
 SCRATCH_TAG = "ops.runbooks.backup_verify scratch"
 PLAIN_END_MARK = b"-- PostgreSQL database dump complete"
@@ -552,6 +552,7 @@ class Verifier:
         self.timings: dict = {}
         self.toc_ids: dict = {}
         self.counter: TableCounter | None = None
+        self._pending: str | None = None  # being created: ours even if a signal lands mid-CREATE
 
     @contextmanager
     def _timed(self, name):
@@ -777,13 +778,31 @@ class Verifier:
             if self.counter is not None:
                 self.counter.abandon()
             self.runner.terminate_all()
-            if created and not o.get("keep_scratch"):
+            mine = self.result.get("scratch_db") or self._pending
+            if mine and not (created and o.get("keep_scratch")):
                 with self._timed("scratch_drop"):
-                    self._drop(admin, name)
+                    admin = self._drop_for_sure(admin, mine)
             try:
                 admin.close()
             except Exception:  # noqa: BLE001,S110
                 pass
+
+    def _drop_for_sure(self, admin, name):
+        """Drop the scratch database; on a broken admin connection retry on a fresh one. A failure
+        becomes a critical `cleanup` finding naming the database (never an exception that would
+        hide the original outcome)."""
+        error = None
+        for attempt in range(2):
+            try:
+                if attempt:
+                    admin = self.target(self.o.get("target_db") or "postgres")
+                self._drop(admin, name)
+                return admin
+            except Exception as exc:  # noqa: BLE001  (reported as a finding)
+                error = " ".join(str(exc).split())
+        self._set("cleanup", check(CRITICAL, f"scratch database {name} could not be dropped: {error}; drop it "
+                                             "by hand (the next run also drops it once this process is gone)"))
+        return admin
 
     def _drop(self, admin, name):
         admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
@@ -814,9 +833,11 @@ class Verifier:
                     self._set("integrity", skipped("no restore"))
                     return name, False
                 continue
+            self._pending = name  # checked free just above: from here on it is ours to drop
             try:
                 admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0")
             except Exception as exc:  # noqa: BLE001  (race with another run, permissions ...)
+                self._pending = None
                 text = " ".join(str(exc).split())
                 if "already exists" in text and not explicit:
                     continue
@@ -826,6 +847,7 @@ class Verifier:
                 self._set("integrity", skipped("no restore"))
                 return name, False
             self.result["scratch_db"] = name
+            self._pending = None
             admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS "
                           f"'{scratch_comment(self.host, self.pid, self.now())}'")
             return name, True

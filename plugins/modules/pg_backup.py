@@ -195,6 +195,10 @@ backups:
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._backup_verify import (  # noqa: E402
+    Interrupted,
+    signals_raise,
+)
 from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (  # noqa: E402
     FORMATS,
     PgBackupError,
@@ -229,6 +233,12 @@ def tool_kwargs(params: dict) -> dict:
         merged.update(kw)
         kw = merged
     return kw
+
+
+def redact(msg: str, params: dict) -> str:
+    for secret in sorted(secrets_of(params), key=len, reverse=True):
+        msg = msg.replace(secret, "********")
+    return msg
 
 
 def validate(params: dict) -> None:
@@ -297,13 +307,22 @@ def main():
         if plan["action"] == "dump":
             tool = pg_tool("pg_dump", params["pg_bin_dir"], facts["server_version_num"] // 10000)
             env = libpq_env(tool_kwargs(params), dbname=database)
-            result["manifest"] = take_backup(conn, ProcessRunner(), plan, params, env, tool)
+            with signals_raise():
+                result["manifest"] = take_backup(conn, ProcessRunner(), plan, params, env, tool)
         apply_retention(plan["remove"], params["dest"])
-    except PgBackupError as exc:
-        msg = str(exc)
-        for secret in secrets_of(params):
-            msg = msg.replace(secret, "********")
-        module.fail_json(msg=msg, **result)
+    except Interrupted as exc:
+        result.update(changed=False, removed=[])
+        module.fail_json(msg=f"pg_backup {exc}: pg_dump was stopped and the partial dump removed; no backup "
+                             "was written", **result)
+    except (PgBackupError, OSError) as exc:
+        result.update(changed=False, removed=[])
+        text = str(exc) if isinstance(exc, PgBackupError) else f"backup failed: {exc}"
+        module.fail_json(msg=redact(text, params), **result)
+    except Exception as exc:  # noqa: BLE001  (psycopg errors: one line, no traceback, no secret)
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        result.update(changed=False, removed=[])
+        module.fail_json(msg=redact(f"PostgreSQL error: {' '.join(str(exc).split())}", params), **result)
     finally:
         conn.close()
     module.exit_json(**result)

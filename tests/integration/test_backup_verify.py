@@ -267,3 +267,26 @@ def test_sigkill_mid_restore_is_cleaned_by_the_next_run(primary, big_backup, env
         for left in leftovers(primary, prefix):
             with admin(primary) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{left}" WITH (FORCE)')
+
+
+def test_pg_backup_sigterm_mid_dump_leaves_no_partial(primary, big_source, env, tmp_path):
+    args = {**conn_args(primary, big_source), "dest": str(tmp_path), "compress": 9}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ansible_collections.ops.runbooks.plugins.modules.pg_backup", handle.name],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(n.endswith(".partial") for n in os.listdir(tmp_path)):
+            assert proc.poll() is None and time.monotonic() < deadline, "pg_dump did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, _err = proc.communicate(timeout=60)
+    finally:
+        os.unlink(handle.name)
+    res = json.loads(out)
+    assert res["failed"] and "interrupted by signal 15" in res["msg"] and "partial dump removed" in res["msg"]
+    assert res["changed"] is False
+    assert os.listdir(tmp_path) == []

@@ -415,3 +415,49 @@ def test_table_counter_reports_a_failure():
     counter.put("public", "a")
     with pytest.raises(bv.TargetError, match="gone"):
         counter.finish()
+
+
+def test_verifier_drop_failure_is_a_named_finding_not_a_crash(tmp_path):
+    path = write_backup(tmp_path, {"public.a": 3})
+    server = Server({"public.a": 3})
+    real_connect = server.connect
+
+    def connect(dbname):
+        conn = real_connect(dbname)
+        execute = conn.execute
+
+        def guarded(sql, params=None):
+            if sql.startswith("DROP DATABASE"):
+                raise RuntimeError("server closed the connection unexpectedly")
+            return execute(sql, params)
+        conn.execute = guarded
+        return conn
+    ver = bv.Verifier(opts(path=path), Runner(), target=connect, target_env=lambda db: {}, tool=lambda n: n,
+                      now=lambda: NOW)
+    result = ver.run()
+    assert result["checks"]["cleanup"]["status"] == "critical"
+    assert f"scratch database {result['scratch_db']} could not be dropped" in result["checks"]["cleanup"]["msg"]
+    assert result["status"] == "critical"
+
+
+def test_verifier_signal_landing_mid_create_still_drops(tmp_path):
+    path = write_backup(tmp_path, {"public.a": 3})
+    server = Server({"public.a": 3})
+    real_connect = server.connect
+
+    def connect(dbname):
+        conn = real_connect(dbname)
+        execute = conn.execute
+
+        def interrupted_after_create(sql, params=None):
+            out = execute(sql, params)
+            if sql.startswith("CREATE DATABASE"):
+                raise bv.Interrupted(signal.SIGTERM)  # the database exists, the call never returned
+            return out
+        conn.execute = interrupted_after_create
+        return conn
+    ver = bv.Verifier(opts(path=path), Runner(), target=connect, target_env=lambda db: {}, tool=lambda n: n,
+                      now=lambda: NOW)
+    with pytest.raises(bv.Interrupted):
+        ver.run()
+    assert list(server.dbs) == ["postgres"]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: ops.runbooks.backup_verify (full: checksum + TOC + restore + row counts) against a
 bare `pg_restore -j N` of the same dump, both measured here, in this run.
 
@@ -69,7 +68,7 @@ def fill(server: Server, db: str, size_mb: int):
     server.psql(f"CREATE DATABASE {db}")
     n_events, n_acc, n_blobs = int(1_200_000 * scale), int(300_000 * scale), int(20_000 * scale)
     half = n_events // 2
-    server.psql(f"""
+    sql = f"""
 CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, kind int NOT NULL, payload text);
 INSERT INTO events SELECT g, timestamptz '2026-01-01' + g * interval '1 second', g % 17,
                           md5(g::text) || md5((g * 7)::text) FROM generate_series(1, {half}) g;
@@ -81,7 +80,8 @@ INSERT INTO accounts SELECT g, 'acct-' || g, (g % 100000) / 100.0 FROM generate_
 CREATE INDEX ON accounts (name);
 CREATE TABLE blobs (id int, body text);
 INSERT INTO blobs SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, {n_blobs}) g;
-""", db)
+"""  # noqa: S608  (only integers are interpolated)
+    server.psql(sql, db)
     server.psql("VACUUM ANALYZE", db)
     return int(server.psql(f"SELECT pg_database_size('{db}')"))
 
@@ -116,7 +116,7 @@ def timed(cmd, **kw) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--size-mb", type=int, default=1100)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -124,7 +124,7 @@ def main():
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ops-bench-backup-verify-"))
-    os.chmod(tmp, 0o755)
+    os.chmod(tmp, 0o755)  # noqa: S103  (the postgres OS user must traverse it)
     pgbase = tmp / "pg"
     pgbase.mkdir()
     server = Server(pgbase)

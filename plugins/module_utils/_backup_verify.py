@@ -235,8 +235,9 @@ def compare_counts(expected: dict, actual: dict, tolerance_pct: float, source: s
 def evaluate_rds(snapshots: list[dict], now: _dt.datetime, max_age: float | None, instance: str) -> dict:
     """RDS snapshots (boto3 dicts) -> {"rds_snapshot": check, "rds_age": check}."""
     if not snapshots:
-        return {"rds_snapshot": check(CRITICAL, f"no RDS snapshot of {instance}: automated backups disabled "
-                                               "(BackupRetentionPeriod 0) or the instance name is wrong"),
+        msg = (f"no RDS snapshot of {instance}: automated backups disabled (BackupRetentionPeriod 0) or the "
+               "instance name is wrong")
+        return {"rds_snapshot": check(CRITICAL, msg),
                 "rds_age": skipped("no snapshot")}
     ordered = sorted(snapshots, key=lambda s: s.get("SnapshotCreateTime") or now, reverse=True)
     latest = ordered[0]

@@ -399,6 +399,7 @@ def import_boto3():
         return None, traceback.format_exc()
     return boto3, None
 
+
 if HAS_PSYCOPG:
     import psycopg  # noqa: E402
 

@@ -319,7 +319,7 @@ def main():
         text = str(exc) if isinstance(exc, PgBackupError) else f"backup failed: {exc}"
         module.fail_json(msg=redact(text, params), **result)
     except Exception as exc:  # noqa: BLE001  (psycopg errors: one line, no traceback, no secret)
-        if type(exc).__module__.split(".")[0] != "psycopg":
+        if type(exc).__module__.split(".", maxsplit=1)[0] != "psycopg":
             raise
         result.update(changed=False, removed=[])
         module.fail_json(msg=redact(f"PostgreSQL error: {' '.join(str(exc).split())}", params), **result)

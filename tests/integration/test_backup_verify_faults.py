@@ -254,8 +254,8 @@ def test_restore_failing_half_way_drops_the_scratch_db(primary, env, prefix, sou
     assert_clean(primary, prefix, source, source_before)
 
 
-def test_stale_scratch_of_a_dead_run_is_dropped_untagged_is_not(primary, env, backup, prefix, source,
-                                                                 source_before):
+def test_stale_scratch_of_a_dead_run_is_dropped_untagged_is_not(
+        primary, env, backup, prefix, source, source_before):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
@@ -339,8 +339,10 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize(("bad", "expected"), BAD_INPUT, ids=[next(iter(b)) + "-" + str(i)
-                                                               for i, (b, _e) in enumerate(BAD_INPUT)])
+BAD_IDS = [f"{next(iter(b))}-{i}" for i, (b, _e) in enumerate(BAD_INPUT)]
+
+
+@pytest.mark.parametrize(("bad", "expected"), BAD_INPUT, ids=BAD_IDS)
 def test_bad_input(primary, env, backup, prefix, source, source_before, bad, expected):
     args = {"path": backup["backup_path"], "restore_test": True, "restore_target": target_args(primary),
             "scratch_prefix": prefix}

@@ -204,8 +204,11 @@ def main():
         ratio = f"{secs / ref:.2f}x" if ref else "-"
         print(f"| {name} | {secs:.2f} | {ratio} |")
     target = statistics.median(full) / b
+    paired = statistics.median(f / r for f, r in zip(full, base, strict=True))
     print()
-    print(f"full verify / bare pg_restore -j{a.jobs} = {target:.2f} (target <= 1.15)")
+    print(f"full verify / bare pg_restore -j{a.jobs}: ratio of medians {target:.2f}, median of per-round ratios "
+          f"{paired:.2f} (target <= 1.15)")
+    print("rounds (bare / full): " + ", ".join(f"{r:.2f} / {f:.2f}" for r, f in zip(base, full, strict=True)))
 
 
 if __name__ == "__main__":

@@ -354,3 +354,31 @@ def test_bad_input(primary, env, backup, prefix, source, source_before, bad, exp
     assert expected in res["msg"], res["msg"]
     assert res.get("changed", False) is False
     assert_clean(primary, prefix, source, source_before)
+
+
+def test_directory_format_backup_verifies_and_a_flipped_byte_in_one_file_is_caught(
+        primary, env, prefix, source, source_before, tmp_path):
+    bk = run_module("pg_backup", {**conn_args(primary, source), "dest": str(tmp_path), "format": "directory",
+                                  "jobs": 2}, env)
+    assert bk["_rc"] == 0, bk["_raw"][-2000:]
+    res = verify(primary, env, prefix, path=bk["backup_path"])
+    assert res["_rc"] == 0, res["problems"]
+    assert res["format"] == "directory" and res["tables"]["public.orders"]["actual"] == 40000
+    assert res["tables_counted_during_restore"] >= 1
+    biggest = max(bk["manifest"]["files"], key=lambda rel: bk["manifest"]["files"][rel]["size"])
+    target = os.path.join(bk["backup_path"], biggest)
+    with open(target, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    res = verify(primary, env, prefix, path=bk["backup_path"])
+    assert res["_rc"] == 1 and res["checks"]["checksum"]["status"] == "critical"
+    assert_clean(primary, prefix, source, source_before)
+
+
+def test_fail_on_never_reports_without_failing(primary, env, prefix, source, source_before, tmp_path):
+    res = verify(primary, env, prefix, path=str(tmp_path / "nope.dump"), fail_on="never")
+    assert res["_rc"] == 0 and not res.get("failed")
+    assert res["status"] == "critical" and res["problems"][0].startswith("exists: backup")
+    assert_clean(primary, prefix, source, source_before)

@@ -290,3 +290,31 @@ def test_pg_backup_sigterm_mid_dump_leaves_no_partial(primary, big_source, env, 
     assert res["failed"] and "interrupted by signal 15" in res["msg"] and "partial dump removed" in res["msg"]
     assert res["changed"] is False
     assert os.listdir(tmp_path) == []
+
+
+def test_ansible_task_timeout_leaves_nothing_behind(primary, big_backup, venv_bin, ansible_env):
+    """With the task keyword `timeout`, Ansible stops waiting but does not signal the module: it
+    runs to its end and drops its own scratch database (measured, not assumed)."""
+    prefix = unique("tmo").replace("i5_tmo", "i5t") + "_"
+    play = f"""
+- name: Verify with a task timeout shorter than the restore
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Verify
+      ops.runbooks.backup_verify:
+        path: {big_backup['backup_path']}
+        restore_test: true
+        jobs: 1
+        scratch_prefix: {prefix}
+        restore_target: {json.dumps(target_args(primary))}
+      timeout: 2
+"""
+    proc = playbook(venv_bin, ansible_env, play)
+    assert proc.returncode == 2 and "Timed out after 2 second" in proc.stdout, proc.stdout[-2000:]
+    # the module is still restoring (a 2 s timeout cannot cover start-up + CREATE + a ~60 MB restore)
+    assert len(leftovers(primary, prefix)) == 1
+    deadline = time.monotonic() + 120
+    while leftovers(primary, prefix) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(primary, prefix) == []

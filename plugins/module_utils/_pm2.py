@@ -41,6 +41,8 @@ _RESERVED_NAMES = ("all",)
 _NAME_RE = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE_RE = re.compile(r"^[0-9]+[KMG]?$")
+# A JSON body whose "status" is one of these fails the gate even with the expected HTTP code.
+_UNHEALTHY = ("unhealthy", "fail", "failed", "failing", "error", "down", "critical", "degraded")
 # "Starting" actions after which the health gate runs.
 _STARTING = ("start", "restart", "reload", "scale")
 
@@ -400,7 +402,7 @@ def health_check(http_get, url: str, expect_status: int = 200, timeout: float = 
                 except ValueError:
                     data = None
                 if isinstance(data, dict) and isinstance(data.get("status"), str) \
-                        and data["status"] not in ("healthy", "ok", "pass", "up"):
+                        and data["status"].lower() in _UNHEALTHY:
                     ok, last = False, f"HTTP {code} with status={data['status']!r}"
         else:
             ok = False

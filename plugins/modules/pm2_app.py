@@ -28,6 +28,9 @@ description:
     PM2 itself keeps the environment of every app in clear text: in the process environment,
     in C(pm2 jlist)/C(pm2 env) output and, after C(pm2 save), in C(<pm2_home>/dump.pm2).
     Protect O(pm2_home) (mode 0700, owned by the app user) accordingly.'
+  - Because O(env) is C(no_log), Ansible masks every occurrence of its values in all output
+    of the task (a C(PORT) value in a URL shows as C(********)). Non-secret settings can go in
+    an O(ecosystem) file instead.
 author:
   - ops.runbooks team (@ops-runbooks)
 extends_documentation_fragment:
@@ -127,7 +130,8 @@ options:
       url:
         description:
           - URL to GET from the host, for example through nginx. A JSON body with a
-            C(status) field must also say V(healthy) (or V(ok), V(pass), V(up)).
+            C(status) field must not say V(unhealthy), V(fail), V(failed), V(failing),
+            V(error), V(down), V(critical) or V(degraded).
         type: str
         required: true
       expect_status:

@@ -134,7 +134,7 @@ def resolve_instances(value, cpus: int | None = None) -> int:
     try:
         number = int(text)
     except ValueError:
-        raise Pm2Error(f"instances must be a number, 0, -N or 'max', got {value!r}")
+        raise Pm2Error(f"instances must be a number, 0, -N or 'max', got {value!r}") from None
     if number == 0:
         return cpus
     if number < 0:
@@ -391,7 +391,7 @@ def health_check(http_get, url: str, expect_status: int = 200, timeout: float = 
     for attempt in range(1, retries + 2):
         try:
             code, body = http_get(url, timeout)
-        except Exception as exc:  # pylint: disable=broad-except
+        except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except  (any failure = not healthy yet)
             code, body, last = 0, "", f"{type(exc).__name__}: {exc}"
         if code:
             last = f"HTTP {code}"
@@ -453,7 +453,7 @@ class Pm2App:
                 with open(path, encoding="utf-8") as handle:
                     data = json.load(handle)
             except ValueError as exc:
-                raise Pm2Error(f"ecosystem file {path} is not valid JSON: {exc}")
+                raise Pm2Error(f"ecosystem file {path} is not valid JSON: {exc}") from None
         else:
             script = ("const p=process.argv[1];let m;try{m=require(p)}catch(e){"
                       "console.error(String(e&&e.message||e).split('\\n')[0]);process.exit(3)}"
@@ -464,7 +464,9 @@ class Pm2App:
             try:
                 data = json.loads(out)
             except ValueError:
-                raise Pm2Error(f"ecosystem file {path} does not export an object (module.exports = {{apps: [...]}})")
+                raise Pm2Error(
+                    f"ecosystem file {path} does not export an object (module.exports = {{apps: [...]}})"
+                ) from None
         apps = data.get("apps") if isinstance(data, dict) else data
         if not isinstance(apps, list) or not apps or not all(isinstance(a, dict) for a in apps):
             raise Pm2Error(f"ecosystem file {path} has no `apps` list")
@@ -542,7 +544,7 @@ class Pm2App:
                 raise Pm2Error(
                     f"could not install {LOGROTATE_MODULE} ({exc}); the host needs the npm registry for "
                     f"that: install it another way or set logrotate.install=false (offline hosts)"
-                )
+                ) from None
         for key, value in lr_plan["set"].items():
             self.pm2("set", f"{LOGROTATE_MODULE}:{key}", value)
 

@@ -87,7 +87,7 @@ def _adhoc(venv_bin, env, args: dict, *extra: str, check_rc: bool = False):
 
 def _get(url: str, timeout: float = 3):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - test URLs on 127.0.0.1
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, None
@@ -215,7 +215,8 @@ def test_ecosystem_file_with_only(pm2_home, app_dir, venv_bin, ansible_env):
     # exec_mode comes from the file (cluster), even with one instance.
     assert first["changes"] == {"status": ["absent", "online"]}
     jl = subprocess.run([PM2, "jlist"], env=_pm2_env(pm2_home), capture_output=True, text=True, timeout=60, check=False)
-    modes = {p["pm2_env"]["exec_mode"] for p in json.loads(jl.stdout[jl.stdout.index("["):]) if p["name"] == "opslab-app"}
+    procs = json.loads(jl.stdout[jl.stdout.index("["):])
+    modes = {p["pm2_env"]["exec_mode"] for p in procs if p["name"] == "opslab-app"}
     assert modes == {"cluster_mode"}
     assert _adhoc(venv_bin, ansible_env, args, check_rc=True)[0]["changed"] is False
     _adhoc(venv_bin, ansible_env, {"name": "opslab-app", "state": "absent", "pm2_home": str(pm2_home)}, check_rc=True)

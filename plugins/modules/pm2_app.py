@@ -22,8 +22,8 @@ description:
     variables across reload and restart (Unitech/pm2 issues 3192 and 5591).'
   - After any start, reload, restart or scale, waits until every instance is online and, with
     O(health), until the health URL answers; fails otherwise, with what was done in the result.
-  - Never starts a PM2 daemon just to look: with no daemon in O(pm2_home), the app counts as
-    absent (so O(state=absent) and O(state=stopped) change nothing and start nothing).
+  - Never starts a PM2 daemon just to look. With no daemon in O(pm2_home), the app counts as
+    absent, so O(state=absent) and O(state=stopped) change nothing and start nothing.
   - 'Secrets: O(env) values are C(no_log) and never returned (the diff shows key names only).
     PM2 itself keeps the environment of every app in clear text: in the process environment,
     in C(pm2 jlist)/C(pm2 env) output and, after C(pm2 save), in C(<pm2_home>/dump.pm2).

@@ -94,12 +94,14 @@ class Load:
         old = [r[0] for r in self.results if r[2] == "1.0.0"]
         new = [r[0] for r in self.results if r[2] == "2.0.0"]
         overlap = max(0.0, max(old) - min(new)) if old and new else 0.0
+        failed_at = [r[0] for r in failures]
+        gap = max(failed_at) - min(failed_at) if failed_at else 0.0
         elapsed = self.ended - self.started
         return {
             "requests": len(self.results), "failures": len(failures),
             "failure_codes": sorted({r[1] for r in failures}), "versions": versions,
             "rps": len(self.results) / elapsed if elapsed else 0.0, "seconds": elapsed,
-            "overlap_s": overlap,
+            "overlap_s": overlap, "failure_window_s": gap,
         }
 
 
@@ -140,7 +142,7 @@ def measure(lab: dict, host: dict, mode: str, instances: int, clients: int) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--host", default="ops-lab-droplet2")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--skip-fork", action="store_true")
@@ -160,15 +162,15 @@ def main() -> None:
 
     print(f"\npm2 release v1 -> v2 through nginx on {args.host}, {args.clients} clients "
           f"(shared, busy machine: {os.getloadavg()[0]:.1f} load)\n")
-    print("| exec mode | requests | failed | failure codes | served v1 / v2 | release (playbook) | "
-          "v1+v2 overlap | req/s release / baseline | baseline failed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| exec mode | requests | failed | failure codes | failures span | served v1 / v2 | "
+          "release (playbook) | v1+v2 overlap | req/s release / baseline | baseline failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         rel, base = run["release"], run["baseline"]
         ratio = rel["rps"] / base["rps"] if base["rps"] else 0.0
         served = f"{rel['versions'].get('1.0.0', 0)} / {rel['versions'].get('2.0.0', 0)}"
         print(f"| {run['mode']} ({run['instances']}) | {rel['requests']} | {rel['failures']} | "
-              f"{rel['failure_codes'] or '-'} | {served} | "
+              f"{rel['failure_codes'] or '-'} | {rel['failure_window_s']:.2f} s | {served} | "
               f"{run['release_s']:.1f} s | {rel['overlap_s']:.2f} s | {rel['rps']:.0f} / {base['rps']:.0f} = "
               f"{ratio:.2f} | {base['failures']} / {base['requests']} |")
     print("\n" + json.dumps(runs, indent=1, default=str))

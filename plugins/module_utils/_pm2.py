@@ -391,7 +391,8 @@ def health_check(http_get, url: str, expect_status: int = 200, timeout: float = 
     for attempt in range(1, retries + 2):
         try:
             code, body = http_get(url, timeout)
-        except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except  (any failure = not healthy yet)
+        # Any failure to get an answer means "not healthy yet".
+        except Exception as exc:  # noqa: BLE001  # pylint: disable=broad-except
             code, body, last = 0, "", f"{type(exc).__name__}: {exc}"
         if code:
             last = f"HTTP {code}"

@@ -300,10 +300,10 @@ diff:
 """
 
 import os  # noqa: E402  (ansible-test wants DOCUMENTATION before imports)
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
+from urllib.error import HTTPError  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.urls import open_url  # noqa: E402
 from ansible_collections.ops.runbooks.plugins.module_utils._pm2 import (  # noqa: E402
     STATES,
     Pm2App,
@@ -314,11 +314,13 @@ from ansible_collections.ops.runbooks.plugins.module_utils._pm2 import (  # noqa
 
 def _http_get(url, timeout):
     # main() only lets http:// and https:// URLs through.
-    request = urllib.request.Request(url, headers={"User-Agent": "ops.runbooks.pm2_app"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+        resp = open_url(url, timeout=timeout, http_agent="ops.runbooks.pm2_app", follow_redirects="safe")
+        try:
             return resp.status, resp.read(65536).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
+        finally:
+            resp.close()
+    except HTTPError as exc:
         return exc.code, exc.read(65536).decode("utf-8", "replace")
 
 

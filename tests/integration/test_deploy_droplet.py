@@ -30,7 +30,7 @@ JWT = "jwt-secret-for-the-droplet-test-5b1e0c"
 def droplet(lab_state, droplets_lab):
     """droplet1's ports and key; a clean app directory and no pm2 app before and after."""
     droplets.release_archives()
-    host = next(h for h in droplets_lab["hosts"] if h["name"] == HOST)
+    host = [h for h in droplets_lab["hosts"] if h["name"] == HOST][0]
     info = dict(host, key=droplets_lab["key"], url=f"http://127.0.0.1:{host['nginx_port']}")
     _clean(info)
     yield info

@@ -120,10 +120,10 @@ def test_cluster_lifecycle_check_real_idempotent_and_drift(pm2_home, app_dir, ve
             "env": {"PORT": str(port), "FEATURE_X": "feature-on", "OLD_FLAG": "old-flag-set"},
             "pm2_home": str(pm2_home), "health": {"url": live, "retries": 20, "delay": 0.5}}
 
-    check, _, _ = _adhoc(venv_bin, ansible_env, args, "--check", "--diff", check_rc=True)
+    check, _out, _err = _adhoc(venv_bin, ansible_env, args, "--check", "--diff", check_rc=True)
     assert check["changed"] is True and check["actions"] == ["start"]
     assert _get(live)[0] == 0, "check mode must not start anything"
-    real, real_out, _ = _adhoc(venv_bin, ansible_env, args, "--diff", check_rc=True)
+    real, real_out, _err = _adhoc(venv_bin, ansible_env, args, "--diff", check_rc=True)
     _same_except_pids(check, real)
     assert real["status"] == "online" and real["instances"] == 2 and len(real["pids"]) == 2
     assert real["health"]["ok"] is True
@@ -131,15 +131,15 @@ def test_cluster_lifecycle_check_real_idempotent_and_drift(pm2_home, app_dir, ve
     assert '"env_keys"' in real_out and '"OLD_FLAG"' in real_out and "old-flag-set" not in real_out
     assert _get(live)[0] == 200
 
-    again, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    again, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert again["changed"] is False and again["actions"] == [] and again["pids"] == real["pids"]
-    again_check, _, _ = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
+    again_check, _out, _err = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
     assert again_check["changed"] is False
 
     # A changed value: reload --update-env, new pids, the new value really in the processes.
     args["env"]["FEATURE_X"] = "feature-off"
-    check, _, _ = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
-    reload_, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    check, _out, _err = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
+    reload_, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     _same_except_pids(check, reload_)
     assert reload_["actions"] == ["reload"] and reload_["changes"] == {"env_changed": ["FEATURE_X"]}
     assert "zero-downtime" in reload_["reasons"][0]
@@ -148,8 +148,8 @@ def test_cluster_lifecycle_check_real_idempotent_and_drift(pm2_home, app_dir, ve
 
     # A removed key: pm2 would keep it on reload, so delete + start, and it is really gone.
     del args["env"]["OLD_FLAG"]
-    check, _, _ = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
-    recreate, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    check, _out, _err = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
+    recreate, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     _same_except_pids(check, recreate)
     assert recreate["actions"] == ["delete", "start"]
     assert "OLD_FLAG" in recreate["reasons"][0] and "3192" in recreate["reasons"][0]
@@ -158,34 +158,34 @@ def test_cluster_lifecycle_check_real_idempotent_and_drift(pm2_home, app_dir, ve
     # args: reload; instances: scale.
     args["args"] = ["--mode", "x"]
     args["instances"] = 3
-    both, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    both, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert both["actions"] == ["reload", "scale"] and both["instances"] == 3
     assert _adhoc(venv_bin, ansible_env, args, check_rc=True)[0]["changed"] is False
 
     # A new release behind the same `current` path: state=reloaded serves the new code.
     (app_dir / "current").unlink()
     (app_dir / "current").symlink_to(app_dir / "releases" / "v2")
-    rel, _, _ = _adhoc(venv_bin, ansible_env, dict(args, state="reloaded"), check_rc=True)
+    rel, _out, _err = _adhoc(venv_bin, ansible_env, dict(args, state="reloaded"), check_rc=True)
     assert rel["actions"] == ["reload"] and rel["changed"] is True
     cwds = {os.readlink(f"/proc/{pid}/cwd") for pid in rel["pids"]}
     assert cwds == {str(app_dir / "releases" / "v2")}
 
     # A different script path: delete + start (a reload would keep running the old path).
     moved = dict(args, script=str(app_dir / "releases" / "v2" / "server.js"), cwd=str(app_dir / "releases" / "v2"))
-    res, _, _ = _adhoc(venv_bin, ansible_env, moved, check_rc=True)
+    res, _out, _err = _adhoc(venv_bin, ansible_env, moved, check_rc=True)
     assert res["actions"] == ["delete", "start"] and "script" in res["changes"]
 
     # stopped, then absent; each twice (second time: no change).
     stop_args = {"name": "cl-app", "state": "stopped", "pm2_home": str(pm2_home)}
     assert _adhoc(venv_bin, ansible_env, stop_args, "--check", check_rc=True)[0]["actions"] == ["stop"]
-    stopped, _, _ = _adhoc(venv_bin, ansible_env, stop_args, check_rc=True)
+    stopped, _out, _err = _adhoc(venv_bin, ansible_env, stop_args, check_rc=True)
     assert stopped["actions"] == ["stop"] and stopped["status"] == "stopped"
     assert _adhoc(venv_bin, ansible_env, stop_args, check_rc=True)[0]["changed"] is False
     # started again from stopped: a restart of the existing definition.
-    started, _, _ = _adhoc(venv_bin, ansible_env, moved, check_rc=True)
+    started, _out, _err = _adhoc(venv_bin, ansible_env, moved, check_rc=True)
     assert started["actions"] == ["restart"] and started["status"] == "online"
     gone_args = {"name": "cl-app", "state": "absent", "pm2_home": str(pm2_home)}
-    gone, _, _ = _adhoc(venv_bin, ansible_env, gone_args, check_rc=True)
+    gone, _out, _err = _adhoc(venv_bin, ansible_env, gone_args, check_rc=True)
     assert gone["actions"] == ["delete"] and gone["status"] == "absent"
     assert _adhoc(venv_bin, ansible_env, gone_args, check_rc=True)[0]["changed"] is False
 
@@ -195,10 +195,10 @@ def test_fork_mode_change_is_a_restart_and_says_so(pm2_home, app_dir, venv_bin, 
     args = {"name": "fork-app", "script": str(app_dir / "releases" / "v1" / "server.js"),
             "env": {"PORT": str(port), "A": "value-one"}, "pm2_home": str(pm2_home),
             "health": {"url": f"http://127.0.0.1:{port}/api/live", "retries": 20, "delay": 0.5}}
-    first, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    first, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert first["actions"] == ["start"] and first["instances"] == 1
     args["env"]["A"] = "value-two"
-    res, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    res, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert res["actions"] == ["restart"] and "fork mode" in res["reasons"][0]
     assert _environ(res["pids"][0])["A"] == "value-two"
     _adhoc(venv_bin, ansible_env, {"name": "fork-app", "state": "absent", "pm2_home": str(pm2_home)}, check_rc=True)
@@ -210,7 +210,7 @@ def test_ecosystem_file_with_only(pm2_home, app_dir, venv_bin, ansible_env):
     args = {"name": "opslab-app", "ecosystem": str(eco), "only": "opslab-app", "instances": 1,
             "env": {"PORT": str(port)}, "pm2_home": str(pm2_home),
             "health": {"url": f"http://127.0.0.1:{port}/api/version", "retries": 20, "delay": 0.5}}
-    first, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    first, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert first["actions"] == ["start"] and first["health"]["ok"]
     # exec_mode comes from the file (cluster), even with one instance.
     assert first["changes"] == {"status": ["absent", "online"]}
@@ -254,7 +254,7 @@ def test_health_gate_never_healthy_fails_and_reports(pm2_home, app_dir, venv_bin
     args = {"name": "sick-app", "script": str(app_dir / "releases" / "v1" / "server.js"),
             "env": {"PORT": str(port), "FAIL_HEALTH": "1"}, "pm2_home": str(pm2_home),
             "health": {"url": f"http://127.0.0.1:{port}/api/health", "retries": 3, "delay": 0.3}}
-    res, out, _ = _adhoc(venv_bin, ansible_env, args)
+    res, out, _err = _adhoc(venv_bin, ansible_env, args)
     assert res.get("failed") is True, out[-2000:]
     assert "not healthy after start" in res["msg"] and "HTTP 503" in res["msg"]
     assert "status='unhealthy'" not in res["msg"] or "503" in res["msg"]
@@ -268,8 +268,8 @@ def bad_files(tmp_path_factory):
     base = tmp_path_factory.mktemp("eco")
     (base / "broken.json").write_text('{"apps": [ {"name": "x",, } ]}')
     (base / "broken.config.js").write_text("module.exports = { apps: [ { name: 'x' ")
-    (base / "two.json").write_text(json.dumps({"apps": [{"name": "a", "script": "a.js"},
-                                                       {"name": "b", "script": "b.js"}]}))
+    two = {"apps": [{"name": "a", "script": "a.js"}, {"name": "b", "script": "b.js"}]}
+    (base / "two.json").write_text(json.dumps(two))
     return base
 
 
@@ -299,15 +299,16 @@ def test_bad_input_says_what_is_wrong_and_changes_nothing(args, message, pm2_hom
     args = {k: (v.format(base=bad_files) if isinstance(v, str) else v) for k, v in args.items()}
     args.setdefault("pm2_home", str(pm2_home))
     before = sorted(p.name for p in Path(pm2_home).iterdir()) if Path(pm2_home).exists() else []
-    res, out, _ = _adhoc(venv_bin, ansible_env, args)
+    res, out, _err = _adhoc(venv_bin, ansible_env, args)
     assert res.get("failed") is True, out[-2000:]
     assert message in res["msg"], res["msg"]
     assert not res.get("changed")
     assert "Traceback" not in out
     after = sorted(p.name for p in Path(pm2_home).iterdir()) if Path(pm2_home).exists() else []
     assert [n for n in after if n.startswith("pm2_app-")] == []
-    assert set(after) <= set(before) | {"rpc.sock", "pub.sock", "pm2.pid", "pm2.log", "logs", "pids",
-                                       "modules", "module_conf.json", "touch", "conf.js"}
+    daemon_files = {"rpc.sock", "pub.sock", "pm2.pid", "pm2.log", "logs", "pids", "modules",
+                    "module_conf.json", "touch", "conf.js"}
+    assert set(after) <= set(before) | daemon_files
 
 
 def test_pm2_not_installed(pm2_home, tmp_path, venv_bin, ansible_env):
@@ -318,14 +319,15 @@ def test_pm2_not_installed(pm2_home, tmp_path, venv_bin, ansible_env):
         if entry.name != "pm2":
             (bindir / entry.name).symlink_to(entry)
     env = dict(ansible_env, PATH=f"{venv_bin}:{bindir}")
-    res, out, _ = _adhoc(venv_bin, env, {"name": "x", "script": "/srv/a.js", "pm2_home": str(pm2_home)})
+    res, out, _err = _adhoc(venv_bin, env, {"name": "x", "script": "/srv/a.js", "pm2_home": str(pm2_home)})
     assert res.get("failed") is True, out[-2000:]
     assert "pm2 is not installed on this host" in res["msg"] and "npm i -g pm2" in res["msg"]
 
 
 def test_absent_without_daemon_starts_no_daemon(tmp_path, venv_bin, ansible_env):
     home = tmp_path / "no-daemon"
-    res, _, _ = _adhoc(venv_bin, ansible_env, {"name": "x", "state": "absent", "pm2_home": str(home)}, check_rc=True)
+    args = {"name": "x", "state": "absent", "pm2_home": str(home)}
+    res, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert res["changed"] is False and res["status"] == "absent"
     assert not (home / "pm2.pid").exists()
 
@@ -337,18 +339,18 @@ def test_logrotate_settings_idempotent_without_install(pm2_home, app_dir, venv_b
     lr = {"install": False, "max_size": "10M", "retain": 7, "compress": True, "rotate_interval": "0 0 * * *"}
     args = {"name": "lr-app", "script": str(app_dir / "releases" / "v1" / "server.js"),
             "env": {"PORT": str(port)}, "pm2_home": str(pm2_home), "logrotate": lr}
-    check, _, _ = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
-    real, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    check, _out, _err = _adhoc(venv_bin, ansible_env, args, "--check", check_rc=True)
+    real, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert check["logrotate"]["set"] == real["logrotate"]["set"]
     assert real["logrotate"]["set"] == {"max_size": "10M", "retain": "7", "compress": "true",
                                         "rotate_interval": "0 0 * * *"}
     conf = json.loads((pm2_home / "module_conf.json").read_text())["pm2-logrotate"]
     assert conf["max_size"] == "10M" and str(conf["retain"]) == "7" and str(conf["compress"]) == "true"
-    again, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    again, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert again["changed"] is False and again["logrotate"]["set"] == {}
     # One value changes: only that one is set.
     lr["retain"] = 14
-    once, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+    once, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
     assert once["changed"] is True and once["logrotate"]["set"] == {"retain": "14"} and once["actions"] == []
     _adhoc(venv_bin, ansible_env, {"name": "lr-app", "state": "absent", "pm2_home": str(pm2_home)}, check_rc=True)
 
@@ -361,12 +363,12 @@ def test_logrotate_install_from_npm(tmp_path, venv_bin, ansible_env):
         args = {"name": "lr-only", "state": "absent", "pm2_home": str(home),
                 "logrotate": {"install": True, "max_size": "5M"}}
         # state=absent with no daemon: the module still configures logrotate (which starts pm2).
-        res, out, _ = _adhoc(venv_bin, ansible_env, args)
+        res, out, _err = _adhoc(venv_bin, ansible_env, args)
         assert res.get("failed") is not True, res.get("msg", out[-2000:])
         assert res["logrotate"]["install"] is True and res["changed"] is True
         jl = subprocess.run([PM2, "jlist"], env=_pm2_env(home), capture_output=True, text=True, timeout=60, check=False)
         assert any(p["name"] == "pm2-logrotate" for p in json.loads(jl.stdout[jl.stdout.index("["):]))
-        again, _, _ = _adhoc(venv_bin, ansible_env, args, check_rc=True)
+        again, _out, _err = _adhoc(venv_bin, ansible_env, args, check_rc=True)
         assert again["changed"] is False and again["logrotate"]["installed"] is True
     finally:
         subprocess.run([PM2, "kill"], env=_pm2_env(home), capture_output=True, timeout=60, check=False)

@@ -58,7 +58,7 @@ class Load:
         self.results: list[tuple[float, int, str | None]] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(clients)]
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _client in range(clients)]
 
     def _worker(self) -> None:
         while not self.stop.is_set():

@@ -294,7 +294,7 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+@pytest.mark.parametrize("args,message", BAD_INPUT, ids=[message for _args, message in BAD_INPUT])
 def test_bad_input_says_what_is_wrong_and_changes_nothing(args, message, pm2_home, bad_files, venv_bin, ansible_env):
     args = {k: (v.format(base=bad_files) if isinstance(v, str) else v) for k, v in args.items()}
     args.setdefault("pm2_home", str(pm2_home))

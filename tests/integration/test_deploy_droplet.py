@@ -240,3 +240,15 @@ def test_missing_archive_stops_before_any_change(droplet, venv_bin, ansible_env)
     assert _recap(proc)["failed"] == 1 and _recap(proc)["changed"] == 0
     assert "opslab-app-v404.tar.gz not found on the control node" in " ".join(proc.stdout.split())
     assert _version(droplet) == (200, "3.0.0")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"deploy_droplet_base_dir": "/var/www"}, "an absolute path of its own"),
+    ({"deploy_version": "../v1"}, "usable as a directory name"),
+    ({"deploy_droplet_keep_releases": 1}, "deploy_droplet_keep_releases >= 2"),
+])
+def test_dangerous_input_is_refused_before_any_change(extra, message, droplet, venv_bin, ansible_env):
+    proc = _run(venv_bin, ansible_env, "playbooks/deploy.yml", "-e", "deploy_version=v1", "-e", json.dumps(extra))
+    assert _recap(proc)["failed"] == 1 and _recap(proc)["changed"] == 0
+    assert message in " ".join(proc.stdout.split())
+    assert "Traceback" not in proc.stdout

@@ -97,7 +97,7 @@ def _deploy(venv_bin, env, version, *args):
 def _env_with_jwt() -> dict:
     """The lab inventory's deploy_droplet_env plus a JWT secret (as a vault variable would)."""
     return {
-        "NODE_ENV": "production", "HOST": "127.0.0.1", "PORT": "{{ droplet_app_port }}",
+        "NODE_ENV": "production", "PORT": "{{ droplet_app_port }}",
         "DATABASE_URL": "postgresql://{{ lab_pg_user | urlencode }}:{{ lab_pg_password | urlencode }}"
                         "@{{ lab_pg_host }}:{{ lab_pg_port }}/{{ lab_pg_db }}",
         "REDIS_URL": "redis://:{{ lab_redis_password | urlencode }}@{{ lab_redis_host }}:{{ lab_redis_port }}/0",

@@ -6,13 +6,21 @@ SSH_PORT (sshd, key auth, user `deploy` with passwordless sudo), NGINX_PORT (ngi
 / to APP_PORT, 502 until an app listens there) and APP_PORT. One ed25519 key pair under
 the part dir logs into all of them. Running droplets are reused when their key and image
 are current.
+
+`release_archives()` writes release tarballs of the lab app for the deploy role's droplet
+platform (`deploy_droplet_release_archive`), under the part dir's `releases/`:
+opslab-app-v1/v2.tar.gz (node_modules included: installable offline), -v3 (no node_modules:
+the role runs `npm ci` on the droplet) and -bad (its health always answers 503: a broken
+release for the automatic-rollback tests). Each reports its version from package.json.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 from . import core, images
@@ -20,6 +28,14 @@ from . import core, images
 PREFIX = "ops-lab-droplet"
 USER = "deploy"
 PORT_LABELS = ("ssh_port", "nginx_port", "app_port")
+APP_FILES = ("server.js", "package.json", "package-lock.json", "schema.sql", "ecosystem.config.js")
+# version -> (package.json version, carries node_modules, broken health)
+RELEASES = {
+    "v1": ("1.0.0", True, False),
+    "v2": ("2.0.0", True, False),
+    "v3": ("3.0.0", False, False),
+    "bad": ("9.9.9-bad", True, True),
+}
 
 
 def count() -> int:
@@ -106,6 +122,52 @@ def _start(name: str, pubkey: str, spec: str) -> dict:
     return ports
 
 
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def release_archives(dest: Path | None = None) -> dict[str, str]:
+    """Write (or reuse) the lab app's release tarballs; {version: path}."""
+    core.ensure_app_node_modules()
+    dest = dest or core.part_dir("droplets") / "releases"
+    dest.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    for name in APP_FILES:
+        digest.update((core.APP_DIR / name).read_bytes())
+    digest.update((core.APP_DIR / "node_modules" / ".package-lock.json").read_bytes())
+    stamp = digest.hexdigest()[:16]
+    out = {}
+    for version, (pkg_version, with_modules, broken) in RELEASES.items():
+        path = dest / f"opslab-app-{version}.tar.gz"
+        marker = dest / f".opslab-app-{version}.{stamp}"
+        out[version] = str(path)
+        if path.exists() and marker.exists():
+            continue
+        tmp = path.with_suffix(".tmp")
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name in APP_FILES:
+                data = (core.APP_DIR / name).read_bytes()
+                if name == "package.json":
+                    pkg = json.loads(data)
+                    pkg["version"] = pkg_version
+                    data = (json.dumps(pkg, indent=2) + "\n").encode()
+                if name == "server.js" and broken:
+                    data = data.replace(b"const FAIL_HEALTH = process.env.FAIL_HEALTH === '1';",
+                                        b"const FAIL_HEALTH = true; // broken release (lab)")
+                    if b"const FAIL_HEALTH = true;" not in data:
+                        raise core.LabError("lab/app/server.js changed: cannot build the broken release")
+                _add_bytes(tar, name, data)
+            if with_modules:
+                tar.add(core.APP_DIR / "node_modules", arcname="node_modules")
+        tmp.replace(path)
+        for old in dest.glob(f".opslab-app-{version}.*"):
+            old.unlink()
+        marker.touch()
+    return out
+
+
 def up(state: dict) -> dict:
     image = images.require(state, images.DROPLET)
     key = ensure_key()
@@ -124,7 +186,8 @@ def up(state: dict) -> dict:
     for host in hosts:
         _wait_ready(host, key)
     _remove_extra(len(hosts))
-    return {"key": str(key), "hosts": hosts}
+    releases = release_archives()
+    return {"key": str(key), "hosts": hosts, "releases": releases}
 
 
 def _wait_ready(host: dict, key: Path) -> None:

@@ -47,7 +47,6 @@ def _play(tmp_path, role_vars: str) -> Path:
 
 
 @pytest.mark.parametrize("platform,extra", [
-    ("droplet", "deploy_version: v1.2.3"),
     ("compose", "deploy_image: local/httpapp:v2"),
     ("eks", "deploy_image: local/httpapp\ndeploy_version: v2"),
 ])
@@ -65,6 +64,8 @@ def test_deploy_platforms_not_built_yet_say_so_after_preflight(platform, extra, 
     ("deploy_platform: compose\ndeploy_app_name: opslab-app", "needs deploy_image"),
     ("deploy_platform: droplet\ndeploy_app_name: a\ndeploy_version: v1\ndeploy_health_url: ftp://x",
      "deploy_health_url must be"),
+    ("deploy_platform: droplet\ndeploy_app_name: opslab-app\ndeploy_version: v1",
+     "needs deploy_droplet_release_archive"),
 ])
 def test_deploy_preflight_rejects_bad_input_before_anything_runs(role_vars, message, tmp_path, venv_bin, ansible_env):
     play = _play(tmp_path, role_vars)

@@ -12,6 +12,7 @@ Nothing here imports Ansible. The engine talks to Docker through a *backend* obj
     backend.image(ref)                -> {id, digests} or None
     backend.exec(container_id, argv, timeout) -> (rc, output)
     backend.disconnect(container_id)  take it off every network (out of the service's DNS name)
+    backend.stop(container_id, timeout)     stop (SIGTERM, then SIGKILL after timeout)
     backend.remove(container_id, timeout)   stop and remove
     backend.now() / backend.sleep(seconds)
 
@@ -21,8 +22,12 @@ changes); unit tests use a fake. The same `plan()` decides in check mode and in 
 Rolling (start-first, the scale-to-2x trick): `up -d --no-deps --no-recreate --scale S=2n S`
 starts n new containers beside the n old ones, each new one must pass the gate (`successes`
 consecutive probes within `wait_timeout`) and stay healthy for `soak` seconds; then the old
-ones are taken off the network (out of the service's DNS name), given `drain` seconds, and
-removed. A failed gate removes the new ones the same way: the old ones never stopped.
+ones are taken out of rotation (without `proxy`: off the network, out of the service's DNS
+name; with `proxy`: stopped, then the proxy reloads and resolves the service without them),
+they get `drain` seconds, and are removed. The proxy
+also reloads once the new containers passed the gate, so a proxy with a static upstream
+(`server app:8080;`, resolved at reload) never sends a request to a container that has not
+passed the gate. A failed gate removes the new ones the same way: the old ones never stopped.
 
 Last known good: `<project_src>/.ops-rollout-state.json` (mode 0600) holds, per service,
 `current` and `previous` releases (image ref, image id, digests, compose config hash, the
@@ -124,6 +129,13 @@ def check_params(params: dict) -> None:
     for key in (params.get("env") or {}):
         if not ENV_NAME_RE.match(str(key)):
             raise ComposeRolloutError(f"env has an invalid variable name {key!r}")
+    proxy = params.get("proxy") or {}
+    if proxy and not proxy.get("service"):
+        raise ComposeRolloutError("proxy needs proxy.service, the compose service that routes to the rolled "
+                                  "service (e.g. nginx), and optionally proxy.reload_command")
+    if proxy.get("service") and proxy["service"] in services:
+        raise ComposeRolloutError(f"proxy.service {proxy['service']!r} is also in services: roll the proxy "
+                                  "out separately (strategy=recreate if it publishes a fixed port)")
     for key in ("drain", "wait_timeout"):
         if params.get(key) is not None and float(params[key]) < 0:
             raise ComposeRolloutError(f"{key} must be >= 0, got {params[key]!r}")
@@ -513,6 +525,10 @@ class ComposeRollout:
         if unknown:
             raise ComposeRolloutError(f"unknown service(s) {', '.join(unknown)} in project {self.project}: "
                                       f"the compose file defines {', '.join(known) or 'none'}")
+        proxy_service = (params.get("proxy") or {}).get("service")
+        if proxy_service and proxy_service not in known:
+            raise ComposeRolloutError(f"proxy.service {proxy_service!r} is not a service of project {self.project}: "
+                                      f"the compose file defines {', '.join(known)}")
         if params["strategy"] == "rolling":
             for service in params["services"]:
                 check_rolling(service, self.config["services"][service])
@@ -608,6 +624,10 @@ class ComposeRollout:
             if len(new) < max(1, len(old)):
                 raise _GateFailed(f"compose started {len(new)} new container(s), expected {max(1, len(old))}")
             new = self._gate(service, new)
+            self._reload_proxy(service, "join", strict=True)
+            if self.params.get("drain") and (self.params.get("proxy") or {}).get("service"):
+                # the old and the new containers serve together while the proxy's old workers finish
+                self.backend.sleep(float(self.params["drain"]))
         except _GateFailed:
             if self.params.get("rollback_on_failure", True) and old:
                 start = self.backend.now()
@@ -618,16 +638,50 @@ class ComposeRollout:
         self._retire(service, old, "drain_old")
         return new
 
+    def _reload_proxy(self, service: str, why: str, strict: bool) -> None:
+        """Run proxy.reload_command in every running container of proxy.service."""
+        proxy = self.params.get("proxy") or {}
+        if not proxy.get("service"):
+            return
+        start = self.backend.now()
+        containers = [c for c in self._containers(proxy["service"]) if c.get("status") == "running"]
+        problems = []
+        if not containers:
+            problems.append(f"proxy service {proxy['service']!r} has no running container")
+        for container in containers:
+            rc, out = self.backend.exec(container["id"], ["sh", "-c", proxy.get("reload_command") or "nginx -s reload"],
+                                        30)
+            if rc != 0:
+                problems.append(f"{container['name']}: reload exited {rc}: {out.strip()[-300:]}")
+        self._step(service, f"proxy_reload_{why}", start)
+        if problems:
+            if strict:
+                raise _GateFailed("the proxy did not reload with the new containers: " + "; ".join(problems))
+            self.result.setdefault("warnings", []).append(f"proxy reload ({why}) failed: " + "; ".join(problems))
+
     def _retire(self, service: str, containers: list[dict], step: str) -> None:
-        """Out of the network (and so out of the service's DNS name), drain, remove."""
+        """Take containers out of rotation, drain, remove.
+
+        With `proxy` (the proxy was reloaded with old + new and given `drain` seconds): stop them
+        (the app finishes what it is serving; the proxy retries a refused or timed-out connection
+        on another upstream server), reload the proxy so it resolves the service without them,
+        remove. Without: disconnect them from their networks
+        (out of the service's DNS name), wait `drain`, remove.
+        """
         if not containers:
             return
         start = self.backend.now()
-        for container in containers:
-            if container.get("status") == "running":
-                self.backend.disconnect(container["id"])
-        if self.params.get("drain"):
-            self.backend.sleep(float(self.params["drain"]))
+        if (self.params.get("proxy") or {}).get("service"):
+            for container in containers:
+                if container.get("status") == "running":
+                    self.backend.stop(container["id"], 10)
+            self._reload_proxy(service, "leave", strict=False)
+        else:
+            for container in containers:
+                if container.get("status") == "running":
+                    self.backend.disconnect(container["id"])
+            if self.params.get("drain"):
+                self.backend.sleep(float(self.params["drain"]))
         for container in containers:
             self.backend.remove(container["id"], 10)
         self._step(service, step, start, containers=sorted(c["name"] for c in containers))
@@ -638,7 +692,9 @@ class ComposeRollout:
                        service], target["env"], target["extra_files"], " recreating the containers")
         new = [c for c in self._containers(service)]
         self._step(service, "recreate", start, containers=sorted(c["name"] for c in new))
-        return self._gate(service, new)
+        new = self._gate(service, new)
+        self._reload_proxy(service, "join", strict=True)
+        return new
 
     def _recreate_back(self, service: str, existing: list[dict], reason: str) -> None:
         """recreate failed: start the release that ran before (it must be the recorded current one)."""
@@ -658,6 +714,7 @@ class ComposeRollout:
                            f"{service}={len(before['containers'])}", service],
                           self._env(current.get("env") or {}), [pin], " restarting the previous release")
             self._gate(service, self._containers(service))
+            self._reload_proxy(service, "join", strict=False)
         except (ComposeRolloutError, _GateFailed) as exc:
             self.result["rollback_reason"] = f"{reason}; the rollback failed too: {exc}"
             return
@@ -814,9 +871,12 @@ class DockerBackend:
         except self.api_error:
             return None
 
-    def remove(self, container_id: str, timeout: float) -> None:
+    def stop(self, container_id: str, timeout: float) -> None:
         with contextlib.suppress(self.api_error):
             self.client.api.stop(container_id, timeout=int(timeout))
+
+    def remove(self, container_id: str, timeout: float) -> None:
+        self.stop(container_id, timeout)
         with contextlib.suppress(self.api_error):
             self.client.api.remove_container(container_id, v=True, force=True)
 

@@ -33,8 +33,10 @@ description:
     the target compose config hash (C(com.docker.compose.config-hash)). A rollout interrupted half way
     (new containers beside old ones) is finished by running the module again.
   - New containers join the service's DNS name as soon as they start, before the gate passes. A proxy
-    in front should retry another upstream on connection errors (nginx C(proxy_next_upstream error
-    timeout), the default).
+    that resolves the name per request (nginx C(resolver) + a variable in C(proxy_pass)) sends them
+    traffic early and keeps using a removed container's address until its cache expires; nginx 1.22
+    does not retry another address after a connect timeout there (measured - a few 504s per rollout).
+    Use O(proxy) with a static upstream instead.
 author:
   - ops.runbooks team (@ops-runbooks)
 requirements:
@@ -156,9 +158,30 @@ options:
           - For V(http) and V(tcp), a service of the project whose first running container runs the
             probe, for example the proxy. Default - each new container probes itself.
         type: str
+  proxy:
+    description:
+      - The project's proxy in front of the rolled services. The module runs O(proxy.reload_command) in
+        each of its running containers once the new containers passed the gate (they join the
+        upstream) and again once the old ones left the network (they leave it).
+      - With nginx, an C(upstream) block naming the service (C(server app:8080;)) is resolved at each
+        reload, so requests only reach containers that passed the gate, and nginx retries another
+        upstream server on a connection error or timeout (C(proxy_next_upstream error timeout)).
+      - A failed reload when the new containers join fails the gate (and rolls back).
+    type: dict
+    suboptions:
+      service:
+        description:
+          - The proxy's compose service, for example V(nginx).
+        type: str
+        required: true
+      reload_command:
+        description:
+          - Shell command, run with C(sh -c) inside each proxy container.
+        type: str
+        default: nginx -s reload
   drain:
     description:
-      - Seconds between taking old containers out of the network and stopping them.
+      - Seconds between taking old containers out of the network (and out of the proxy) and stopping them.
     type: float
     default: 2
   pull:
@@ -208,6 +231,8 @@ EXAMPLES = r"""
       probe_from: proxy
       successes: 3
       soak: 15
+    proxy:
+      service: proxy
     drain: 3
 
 - name: Services with a fixed host port are recreated (downtime)
@@ -341,6 +366,10 @@ def argument_spec() -> dict:
             "successes": {"type": "int", "default": 3},
             "soak": {"type": "float", "default": 0},
             "probe_from": {"type": "str"},
+        }},
+        proxy={"type": "dict", "options": {
+            "service": {"type": "str", "required": True},
+            "reload_command": {"type": "str", "default": "nginx -s reload"},
         }},
         drain={"type": "float", "default": 2},
         pull={"type": "bool", "default": False},

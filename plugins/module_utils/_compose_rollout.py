@@ -466,7 +466,12 @@ class ComposeRollout:
             else:
                 raise ComposeRolloutError(f"image {ref} of service {service!r} is not on the Docker host: build it "
                                           "(`docker compose build`) or set pull=true", self._partial())
-        out = self._compose(["config", "--hash", service], env, extra_files)
+        hash_files = list(extra_files)
+        if svc.get("depends_on"):
+            # `up --no-deps` (how every rollout starts containers) hashes the service without its
+            # depends_on: compute the target hash the same way, or it never matches.
+            hash_files.append(self._reset_deps_file(service))
+        out = self._compose(["config", "--hash", service], env, hash_files)
         config_hash = parse_hashes(out).get(service)
         if not config_hash:
             raise ComposeRolloutError(f"`docker compose config --hash {service}` printed no hash: {out!r}")
@@ -490,6 +495,13 @@ class ComposeRollout:
         target = self._resolve(service, env, [pin])
         target["image"] = previous.get("image")
         return target
+
+    def _reset_deps_file(self, service: str) -> str:
+        fd, path = tempfile.mkstemp(prefix=".ops-rollout-nodeps-", suffix=".yml")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"services:\n  {json.dumps(service)}:\n    depends_on: !reset []\n")
+        self._tmp_files.append(path)
+        return path
 
     def _pin_file(self, service: str, image_id: str) -> str:
         """A temporary compose override that pins the service's image to an image id."""
@@ -646,8 +658,9 @@ class ComposeRollout:
         start = self.backend.now()
         containers = [c for c in self._containers(proxy["service"]) if c.get("status") == "running"]
         problems = []
-        if not containers:
-            problems.append(f"proxy service {proxy['service']!r} has no running container")
+        if not containers:  # first deployment: the proxy starts after the services it routes to
+            self.result.setdefault("warnings", []).append(
+                f"proxy service {proxy['service']!r} has no running container: nothing reloaded")
         for container in containers:
             rc, out = self.backend.exec(container["id"], ["sh", "-c", proxy.get("reload_command") or "nginx -s reload"],
                                         30)

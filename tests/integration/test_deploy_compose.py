@@ -159,7 +159,7 @@ def test_deploy_roll_fail_rollback_rotate(deploy):
     assert "every service runs with the new key" in proc.stdout
     for service in ("api", "worker"):
         out = subprocess.run(["docker", "compose", "--project-directory", str(deploy["dir"]), "-p", deploy["name"],
-                              "exec", "-T", service, "printenv", "LIQUIDATION_API_KEY"],
+                              "exec", "-T", service, "sh", "-c", 'printf %s "$LIQUIDATION_API_KEY"'],
                              capture_output=True, text=True, check=True).stdout.strip()
         assert out == new_key
     # the kept key survives a normal deployment without it in the inventory

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bench: failed requests during a compose service update, ours vs the runbook's.
 
 A throwaway compose project (unique name, temp dir): `app` (local/httpapp) behind `proxy`

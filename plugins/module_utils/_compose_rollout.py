@@ -304,11 +304,12 @@ _HTTP_PROBE = (
     'u="$1"; t="$2"; '
     'if command -v curl >/dev/null 2>&1; then curl -s -o /dev/null -m "$t" -w "%{http_code}" "$u"; '
     'elif command -v python3 >/dev/null 2>&1; then python3 - "$u" "$t" <<"EOF"\n'
-    "import sys, urllib.request, urllib.error\n"
+    "import sys, http.client, urllib.parse\n"
+    "u = urllib.parse.urlsplit(sys.argv[1])\n"
     "try:\n"
-    "    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)\n"
-    "except urllib.error.HTTPError as e:\n"
-    "    print(e.code)\n"
+    "    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=float(sys.argv[2]))\n"
+    "    c.request('GET', (u.path or '/') + ('?' + u.query if u.query else ''))\n"
+    "    print(c.getresponse().status)\n"
     "except Exception as e:\n"
     "    print('000', e)\n"
     "EOF\n"
@@ -703,7 +704,7 @@ class ComposeRollout:
         start = self.backend.now()
         self._compose(["up", "-d", "--no-deps", "--force-recreate", "--scale", f"{service}={max(1, count)}",
                        service], target["env"], target["extra_files"], " recreating the containers")
-        new = [c for c in self._containers(service)]
+        new = list(self._containers(service))
         self._step(service, "recreate", start, containers=sorted(c["name"] for c in new))
         new = self._gate(service, new)
         self._reload_proxy(service, "join", strict=True)
@@ -901,4 +902,3 @@ class DockerBackend:
     def sleep(seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
-

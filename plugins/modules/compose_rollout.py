@@ -82,7 +82,7 @@ options:
     required: true
   env:
     description:
-      - Variables for compose's interpolation of the new release, for example V({APP_TAG: v2}). They
+      - Variables for compose's interpolation of the new release, for example C(APP_TAG=v2). They
         override C(.env) and O(env_file) and are recorded in the state file to roll back with.
       - Not for secrets - put those in C(.env) or O(env_file).
     type: dict

@@ -236,7 +236,7 @@ def test_rolling_update_check_real_noop_with_zero_failed_requests(project, venv_
     before = {c["ID"] for c in app_containers(project)}
     args = args_for(project, env={"APP_TAG": "v2"})
 
-    checked, _ = run_module(venv_bin, ansible_env, args, check=True)
+    checked, _proc = run_module(venv_bin, ansible_env, args, check=True)
     assert checked["changed"] is True, checked
     assert [p["action"] for p in checked["plan"]] == ["rolling"]
     assert checked["plan"][0]["create"] == 1
@@ -264,9 +264,9 @@ def test_rolling_update_check_real_noop_with_zero_failed_requests(project, venv_
     assert recorded["previous"]["image_id"] == v1  # adopted: the release that ran before
     assert oct((project["dir"] / ".ops-rollout-state.json").stat().st_mode & 0o777) == "0o600"
 
-    again, _ = run_module(venv_bin, ansible_env, args)
+    again, _proc = run_module(venv_bin, ansible_env, args)
     assert again["changed"] is False and [p["action"] for p in again["plan"]] == ["none"]
-    again_check, _ = run_module(venv_bin, ansible_env, args, check=True)
+    again_check, _proc = run_module(venv_bin, ansible_env, args, check=True)
     assert again_check["changed"] is False
 
 
@@ -279,7 +279,7 @@ def test_rolled_back_on_demand_goes_to_last_known_good_and_is_idempotent(project
     assert result["changed"] is True and running_image_ids(project) == [v2], proc.stdout[-2000:]
 
     back_args = args_for(project, state="rolled_back", health=tcp_gate)
-    checked, _ = run_module(venv_bin, ansible_env, back_args, check=True)
+    checked, _proc = run_module(venv_bin, ansible_env, back_args, check=True)
     assert checked["changed"] is True and checked["to"]["app"]["image_id"] == v1
     assert running_image_ids(project) == [v2]
     with Load(project["url"]) as load:
@@ -292,10 +292,10 @@ def test_rolled_back_on_demand_goes_to_last_known_good_and_is_idempotent(project
     recorded = state_file(project)["services"]["app"]
     assert recorded["current"]["image_id"] == v1 and recorded["previous"]["image_id"] == v1
 
-    again, _ = run_module(venv_bin, ansible_env, back_args)
+    again, _proc = run_module(venv_bin, ansible_env, back_args)
     assert again["changed"] is False
     # rolling out again (file default v1 + env v2) moves forward normally
-    forward, _ = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}, health=tcp_gate))
+    forward, _proc = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}, health=tcp_gate))
     assert forward["changed"] is True and running_image_ids(project) == [v2]
 
 
@@ -304,15 +304,15 @@ def test_recreate_for_a_fixed_host_port_and_docker_gate(rollout_images, tmp_path
     proj = make_project(tmp_path, app_extra=f'    ports: ["127.0.0.1:{port}:8080"]', start=False)
     try:
         compose(proj, "up", "-d", "--wait", "app")
-        rolling, _ = run_module(venv_bin, ansible_env, args_for(proj, env={"APP_TAG": "v2"},
-                                                                 health={"type": "docker"}))
+        rolling_args = args_for(proj, env={"APP_TAG": "v2"}, health={"type": "docker"})
+        rolling, _proc = run_module(venv_bin, ansible_env, rolling_args)
         assert rolling["failed"] is True
         assert "fixed host port" in rolling["msg"] and "strategy=recreate" in rolling["msg"]
         assert running_image_ids(proj) == [image_id("local/httpapp:v1")]
 
         args = args_for(proj, env={"APP_TAG": "v2"}, strategy="recreate",
                         health={"type": "docker", "interval": 0.5, "successes": 2})
-        checked, _ = run_module(venv_bin, ansible_env, args, check=True)
+        checked, _proc = run_module(venv_bin, ansible_env, args, check=True)
         assert [p["action"] for p in checked["plan"]] == ["recreate"]
         real, proc = run_module(venv_bin, ansible_env, args)
         assert real["changed"] is True, proc.stdout[-3000:]
@@ -321,7 +321,7 @@ def test_recreate_for_a_fixed_host_port_and_docker_gate(rollout_images, tmp_path
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/version")
         assert conn.getresponse().read().decode().strip() == "v2"
-        again, _ = run_module(venv_bin, ansible_env, args)
+        again, _proc = run_module(venv_bin, ansible_env, args)
         assert again["changed"] is False
     finally:
         destroy(proj)

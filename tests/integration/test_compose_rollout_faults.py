@@ -111,7 +111,7 @@ def test_interrupted_rollout_is_converged_by_a_rerun(project, venv_bin, ansible_
             proc.wait(30)
     assert len([c for c in app_containers(project) if c["State"] == "running"]) == 2  # half way
 
-    checked, _ = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}), check=True)
+    checked, _proc = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}), check=True)
     assert checked["plan"][0]["action"] == "rolling" and checked["plan"][0]["create"] == 0
     assert len(checked["plan"][0]["adopt"]) == 1  # the new container left behind is gated, not duplicated
     with Load(project["url"]) as load:
@@ -120,7 +120,7 @@ def test_interrupted_rollout_is_converged_by_a_rerun(project, venv_bin, ansible_
     assert result["plan"] == checked["plan"]
     assert running_image_ids(project) == [v2] and len(app_containers(project)) == 1
     assert load.failures == [], (load.failures[:5], proxy_log(project))
-    again, _ = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}))
+    again, _proc = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}))
     assert again["changed"] is False
 
 
@@ -165,7 +165,7 @@ def test_invalid_compose_file_is_a_clear_error(project, venv_bin, ansible_env):
     before = _running_ids(project)
     compose_file = project["dir"] / "compose.yaml"
     compose_file.write_text(compose_file.read_text().replace("    init: true\n", "    init: [not, a, bool]\n", 1))
-    result, _ = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}))
+    result, _proc = run_module(venv_bin, ansible_env, args_for(project, env={"APP_TAG": "v2"}))
     assert result.get("failed") is True
     assert "is invalid" in result["msg"] and "init" in result["msg"], result["msg"]
     assert _running_ids(project) == before
@@ -174,7 +174,7 @@ def test_invalid_compose_file_is_a_clear_error(project, venv_bin, ansible_env):
 def test_rolling_on_a_fixed_host_port_explains_recreate(rollout_images, tmp_path, venv_bin, ansible_env):
     proj = make_project(tmp_path, app_extra='    ports: ["127.0.0.1:18089:8080"]', start=False)
     try:
-        result, _ = run_module(venv_bin, ansible_env, args_for(proj, env={"APP_TAG": "v2"}))
+        result, _proc = run_module(venv_bin, ansible_env, args_for(proj, env={"APP_TAG": "v2"}))
         assert result.get("failed") is True
         assert "publishes fixed host port(s) 127.0.0.1:18089->8080" in result["msg"]
         assert "strategy=recreate" in result["msg"]

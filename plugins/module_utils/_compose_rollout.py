@@ -318,9 +318,9 @@ _HTTP_PROBE = (
 )
 _TCP_PROBE = (
     'h="$1"; p="$2"; t="$3"; '
-    'if command -v nc >/dev/null 2>&1; then nc -z -w "$t" "$h" "$p"; '
-    'elif command -v python3 >/dev/null 2>&1; then python3 -c "import socket,sys; '
+    'if command -v python3 >/dev/null 2>&1; then python3 -c "import socket,sys; '
     'socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])).close()" "$h" "$p" "$t"; '
+    'elif command -v nc >/dev/null 2>&1; then nc -w "$t" "$h" "$p" </dev/null >/dev/null 2>&1; '
     'else exit 127; fi'
 )
 

@@ -302,7 +302,9 @@ rollback_reason:
   description: Why the rollout failed (the gate's last probe, the soak failure), or null.
   returned: always
   type: str
-  sample: "not healthy within wait_timeout=20s (http gate, 3 consecutive successes needed); last probe: app-2: GET http://172.19.0.4:8080/health -> 404"
+  sample: >-
+    not healthy within wait_timeout=20s (http gate, 3 consecutive successes needed);
+    last probe: app-2: GET http://172.19.0.4:8080/health -> 404
 duration_s:
   description: Seconds the whole run took.
   returned: always
@@ -320,18 +322,18 @@ state_file:
   type: str
 """
 
-import os
-import traceback
+import os  # noqa: E402  (Ansible modules put DOCUMENTATION first)
+import traceback  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.ops.runbooks.plugins.module_utils._compose_rollout import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._compose_rollout import (  # noqa: E402
     ComposeRollout,
     ComposeRolloutError,
     DockerBackend,
     check_params,
     compose_files,
 )
-from ansible_collections.ops.runbooks.plugins.module_utils._docker_client import (
+from ansible_collections.ops.runbooks.plugins.module_utils._docker_client import (  # noqa: E402
     DOCKER_REQUIRED_TOGETHER,
     DockerConnectionError,
     check_docker,

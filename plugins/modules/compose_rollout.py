@@ -16,9 +16,11 @@ description:
   - V(rolling) (start-first) - C(docker compose up -d --no-deps --no-recreate --scale S=2n S) starts
     as many new containers beside the old ones as are running; each must pass the gate
     (O(health.successes) consecutive probes within O(wait_timeout)) and stay healthy for
-    O(health.soak) seconds. Then the old containers are disconnected from their networks (out of the
-    service's DNS name, so a proxy such as nginx with C(resolver 127.0.0.11 valid=1s) stops sending
-    them requests), given O(drain) seconds, and removed.
+    O(health.soak) seconds. With O(proxy), the proxy is reloaded so the new containers join it, both
+    serve for O(drain) seconds, the old ones are stopped (the proxy retries their refused connections
+    on the new ones), the proxy is reloaded again and the old ones are removed. Without O(proxy), the
+    old containers are disconnected from their networks (out of the service's DNS name), given
+    O(drain) seconds, and removed.
   - A failed gate or soak with O(rollback_on_failure) removes the new containers the same way; the old
     ones never stopped serving. The task fails with C(rolled_back=true) and the reason.
   - V(recreate) - for services that cannot run twice (a fixed published host port, a C(container_name)),

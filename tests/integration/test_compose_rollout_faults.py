@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_compose_rollout import (  # the helpers of the main test file (same folder)
+from test_compose_rollout_rolling import (  # the helpers of the main test file (same folder)
     PLAYBOOK,
     REPO,
     Load,

@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from test_compose_rollout import REPO, Load
+from test_compose_rollout_rolling import REPO, Load
 
 from lab import images
 

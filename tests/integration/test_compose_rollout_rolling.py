@@ -1,9 +1,10 @@
 """ops.runbooks.compose_rollout against the real Docker Engine + Compose v2 with local images.
 
 Every test runs its own compose project (unique name, temp dir): `app` (local/httpapp) behind
-`proxy` (local/nginx:bookworm, published on an ephemeral 127.0.0.1 port, resolving `app`
-through Docker's DNS every second). A background client counts failed requests through the
-proxy while the module works. The helpers here are imported by test_compose_rollout_faults.py.
+`proxy` (local/nginx:bookworm, published on an ephemeral 127.0.0.1 port, upstream `app`
+resolved at each reload, which the module triggers). A background client counts failed
+requests through the proxy while the module works. test_compose_rollout_faults.py and
+test_deploy_compose.py import the helpers from here.
 """
 
 from __future__ import annotations

@@ -96,6 +96,12 @@ def destroy(project: dict) -> None:
                          capture_output=True, text=True, check=False).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    # `down` fails on a compose file a test made invalid: remove the project's network by label
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter",
+                           f"label=com.docker.compose.project={project['name']}"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

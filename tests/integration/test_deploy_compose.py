@@ -49,6 +49,10 @@ def deploy(docker_lab, tmp_path, venv_bin, ansible_env):
                          capture_output=True, text=True, check=False).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={name}"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    if nets:
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True, check=False)
 
 
 def _images(ctx) -> dict:

@@ -280,3 +280,21 @@ def test_unknown_service_and_invalid_compose(tmp_path):
 
     with pytest.raises(ComposeRolloutError, match="is invalid: services.app.init"):
         ComposeRollout(Broken([]), params(tmp_path)).run()
+
+
+def test_recreate_failure_starts_the_recorded_release_again(tmp_path):
+    backend = FakeBackend(old_v1(), health_of=lambda x, now: "unhealthy" if x["image_id"] == "sha256:v2" else "healthy")
+    first = ComposeRollout(backend, params(tmp_path, env={"TAG": "v1"}, strategy="recreate")).run()
+    assert first["changed"] is False  # adopted and recorded as the current release
+    with pytest.raises(ComposeRolloutError, match="the previous release was started again") as exc:
+        ComposeRollout(backend, params(tmp_path, strategy="recreate")).run()
+    assert exc.value.result["rolled_back"] is True
+    assert [x["image_id"] for x in backend.containers_] == ["sha256:v1"]
+
+
+def test_recreate_failure_without_a_recorded_release_says_so(tmp_path):
+    backend = FakeBackend(old_v1(), health_of=lambda x, now: "unhealthy" if x["image_id"] == "sha256:v2" else "healthy")
+    with pytest.raises(ComposeRolloutError, match="not rolled back") as exc:
+        ComposeRollout(backend, params(tmp_path, strategy="recreate")).run()
+    assert exc.value.result["rolled_back"] is False
+    assert "is not recorded" in exc.value.result["rollback_reason"]

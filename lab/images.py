@@ -2,6 +2,8 @@
 
     local/debian:bookworm     debootstrap minbase + python3 + the host's extra CA certs
     local/httpapp:v1|v2|broken busybox httpd on :8080 (FROM scratch, ~2 MB)
+    local/httpapp:crashy      FROM local/httpapp:v2: healthy, then exits (rc 1) after 10 s
+    local/nginx:bookworm      nginx-light on local/debian:bookworm (a compose project's proxy)
     local/droplet:bookworm    sshd + sudo `deploy` user + nginx + node/npm/pm2 + pg/redis clients
     local/labapp:<tag>        lab/app (Node.js) on Debian's nodejs
 
@@ -37,6 +39,8 @@ DEBIAN = "local/debian:bookworm"
 DROPLET = "local/droplet:bookworm"
 HTTPAPP = "local/httpapp"
 HTTPAPP_VERSIONS = ("v1", "v2", "broken")
+HTTPAPP_CRASHY = f"{HTTPAPP}:crashy"
+NGINX = "local/nginx:bookworm"
 LABAPP = "local/labapp"
 LABAPP_TAGS = ("v1", "v2")
 DEBOOTSTRAP_ARGS = ("--variant=minbase", "--include=python3,ca-certificates", "bookworm")
@@ -262,6 +266,49 @@ def build_httpapp(version: str = "v1", force: bool = False) -> str:
                          build_args={"VERSION": version}, force=force)
 
 
+# Serves like v2 and passes its HEALTHCHECK, then dies 10 s after start: a release that a
+# readiness gate lets through and only a soak period catches. Run it with `init: true`.
+CRASHY_DOCKERFILE = f"""\
+FROM {HTTPAPP}:v2
+LABEL org.opencontainers.image.version="crashy"
+CMD ["sh", "-c", "httpd -p 8080 -h /www; sleep 10; echo 'crashy: exiting after 10 s' >&2; exit 1"]
+"""
+
+NGINX_DOCKERFILE = f"""\
+FROM {DEBIAN}
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \\
+        nginx-light && rm -rf /var/lib/apt/lists/* \\
+    && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
+"""
+
+
+def _inline_build(tag: str, dockerfile: str, parent: str, force: bool = False) -> str:
+    """Build tag from an inline Dockerfile on top of parent (an image the lab builds)."""
+    parent_id = _require_parent(parent)
+    wanted = recipe_hash(None, dockerfile=dockerfile, parent=parent_id)
+    existing = _current(tag, wanted, force)
+    if existing:
+        return existing
+    with tempfile.TemporaryDirectory(prefix="ops-lab-inline-") as tmp:
+        (Path(tmp) / "Dockerfile").write_text(dockerfile)
+        return docker_build(tag, Path(tmp), wanted)
+
+
+def build_httpapp_crashy(force: bool = False) -> str:
+    """local/httpapp:crashy (builds local/httpapp:v2 first if needed)."""
+    build_httpapp("v2")
+    return _inline_build(HTTPAPP_CRASHY, CRASHY_DOCKERFILE, f"{HTTPAPP}:v2", force)
+
+
+def build_nginx(force: bool = False) -> str:
+    """local/nginx:bookworm (builds local/debian:bookworm first if needed)."""
+    build_debian()
+    return _inline_build(NGINX, NGINX_DOCKERFILE, DEBIAN, force)
+
+
 def build_droplet(force: bool = False) -> str:
     """local/droplet:bookworm (builds local/debian:bookworm first if needed)."""
     build_debian()
@@ -301,6 +348,8 @@ def build_all(force: bool = False) -> dict[str, str]:
     ids = {DEBIAN: build_debian(force)}
     for version in HTTPAPP_VERSIONS:
         ids[f"{HTTPAPP}:{version}"] = build_httpapp(version, force)
+    ids[HTTPAPP_CRASHY] = build_httpapp_crashy(force)
+    ids[NGINX] = build_nginx(force)
     ids[DROPLET] = build_droplet(force)
     for tag in LABAPP_TAGS:
         app_id = build_labapp(tag, force)

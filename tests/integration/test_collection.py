@@ -47,7 +47,6 @@ def _play(tmp_path, role_vars: str) -> Path:
 
 
 @pytest.mark.parametrize("platform,extra", [
-    ("compose", "deploy_image: local/httpapp:v2"),
     ("eks", "deploy_image: local/httpapp\ndeploy_version: v2"),
 ])
 def test_deploy_platforms_not_built_yet_say_so_after_preflight(platform, extra, tmp_path, venv_bin, ansible_env):

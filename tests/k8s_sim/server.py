@@ -61,6 +61,7 @@ class FakeApiServer:
         self.token = token
         self.auto_tick = auto_tick
         self.requests: list[tuple[str, str, str]] = []  # (method, path+query, content-type)
+        self.patches: list[tuple[str, str, object]] = []  # (path, content-type, body) of every PATCH
         self._stop = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -236,6 +237,7 @@ class FakeApiServer:
                     if ptype is None:
                         raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype})")
                     body = self._body()
+                    server.patches.append((path, ctype, body))
                     if query.get("dryRun"):
                         with server.store.lock:
                             cur = server.store.get(plural, ns, name)

@@ -164,10 +164,21 @@ def owned(items: list, owner: dict) -> list:
     return [i for i in items if controlled_by(i, owner)]
 
 
+def kubectl_order(deployment: dict, replicasets: list) -> list:
+    """GetAllReplicaSets order: sorted by creation time (then name), the "new" one (the first
+    whose template equals the Deployment's) moved last; it decides ties between equal revisions."""
+    ordered = sorted(replicasets, key=lambda rs: (rs["metadata"].get("creationTimestamp") or "", rs["metadata"].get("name")))
+    new = next((rs for rs in ordered
+                if templates_equal(rs["spec"].get("template"), deployment["spec"].get("template"))), None)
+    if new is None:
+        return ordered
+    return [rs for rs in ordered if rs is not new] + [new]
+
+
 def choose_replicaset(deployment: dict, replicasets: list, to_revision: int) -> dict:
     """kubectl deploymentRevision(): `replicasets` are already owned by the Deployment."""
     latest, latest_rev, previous, previous_rev = None, -1, None, -1
-    for rs in replicasets:
+    for rs in kubectl_order(deployment, replicasets):
         rev = rs_revision(rs)
         if rev is None:
             continue

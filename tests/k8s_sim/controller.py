@@ -72,6 +72,7 @@ class Controller:
         self.never_available: set[str] = set()
         self.force_deadline: set[str] = set()
         self.ds_nodes = 2
+        self.enabled = True  # False: the controller is down/lagging (nothing observed, no progress)
         self.last_progress: dict[str, int] = {}
         self.pods: dict[str, list[str]] = {}  # statefulset/daemonset key -> revision name per pod
 
@@ -80,6 +81,8 @@ class Controller:
         return not any(c.get("image") in self.never_available for c in (template.get("spec") or {}).get("containers") or [])
 
     def sync(self) -> None:
+        if not self.enabled:
+            return
         with self.store.lock:
             for d in self.store.list("deployments"):
                 self._sync_deployment(d)
@@ -90,6 +93,8 @@ class Controller:
 
     def tick(self, n: int = 1) -> None:
         for _i in range(n):
+            if not self.enabled:
+                return
             with self.store.lock:
                 self.store.clock += self.tick_seconds
                 for d in self.store.list("deployments"):

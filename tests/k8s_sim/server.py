@@ -166,7 +166,7 @@ class FakeApiServer:
                 query = dict(urllib.parse.parse_qsl(parsed.query))
                 server.requests.append((method, self.path, self.headers.get("Content-Type", "")))
                 try:
-                    if parsed.path == "/version":
+                    if parsed.path in ("/version", "/version/"):
                         return self._send(200, VERSION)
                     if server.token is not None and self.headers.get("Authorization") != f"Bearer {server.token}":
                         return self._send(401, ApiError(401, "Unauthorized", "Unauthorized").status())

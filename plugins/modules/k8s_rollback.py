@@ -372,7 +372,8 @@ def _exec_plugin_failure(module, api) -> str | None:
     if params.get("api_key") or params.get("host") and not (params.get("kubeconfig") or params.get("context")):
         return None
     cfg = api.configuration
-    if (cfg.api_key or {}).get("authorization") or cfg.cert_file:
+    # kubernetes < 31 stores the token under "authorization", newer ones under "BearerToken"
+    if any((cfg.api_key or {}).values()) or cfg.cert_file:
         return None
     env = dict(os.environ)
     paths = [params["kubeconfig"]] if params.get("kubeconfig") else default_kubeconfig_paths(env)
@@ -394,8 +395,9 @@ def _exec_plugin_failure(module, api) -> str | None:
         extra = {e["name"]: e["value"] for e in exec_cfg.get("env") or [] if "name" in e}
         rc, out, err = module.run_command([command] + [str(a) for a in exec_cfg.get("args") or []],
                                           environ_update=extra)
-        error = (err or out or "").strip() or f"exit status {rc}"
-        error = f"exit status {rc}: {error}" if rc else f"returned no token: {error[:300]}"
+        # stderr only: stdout may hold a credential
+        error = f"exit status {rc}: {err.strip() or '(no error output)'}" if rc else \
+            "it ran but returned no usable token (its output is not shown: it may hold a credential)"
     return exec_failure_message(user_name, exec_cfg, error)
 
 

@@ -31,7 +31,8 @@ def write_kubeconfig(path: Path, server_url: str, token: str | None = None, exec
     return path
 
 
-def write_fake_aws(bin_dir: Path, token: str | None = None, error: str | None = None) -> Path:
+def write_fake_aws(bin_dir: Path, token: str | None = None, error: str | None = None,
+                   stdout: str | None = None) -> Path:
     """A fake `aws` CLI: `aws ... eks get-token ...` prints an ExecCredential with `token`, or
     prints `error` on stderr and exits 255 (like the real CLI without credentials)."""
     bin_dir = Path(bin_dir)
@@ -39,6 +40,8 @@ def write_fake_aws(bin_dir: Path, token: str | None = None, error: str | None = 
     script = bin_dir / "aws"
     if error is not None:
         body = f"echo {json.dumps(error)} >&2\nexit 255\n"
+    elif stdout is not None:
+        body = f"cat <<'EOF'\n{stdout}\nEOF\n"
     else:
         cred = {"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1", "spec": {},
                 "status": {"expirationTimestamp": "2099-01-01T00:00:00Z", "token": token}}

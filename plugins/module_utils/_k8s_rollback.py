@@ -46,8 +46,7 @@ KEEP_ANNOTATIONS = (
     "deployment.kubernetes.io/max-replicas",
     "deprecated.deployment.rollback.to",
 )
-PAUSED_MSG = ("you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume' "
-              "and try again")
+PAUSED_MSG = "you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume' and try again"
 
 
 class ClientError(Exception):
@@ -69,6 +68,7 @@ class RollbackError(Exception):
 
 
 # ---- small pure helpers ------------------------------------------------------------------
+
 
 def resource_path(kind: str, namespace: str, name: str | None = None) -> str:
     plural = PLURALS[kind]
@@ -92,8 +92,12 @@ def selector_string(label_selector: dict | None) -> str:
     for expr in label_selector.get("matchExpressions") or []:
         key, op = expr["key"], expr["operator"]
         values = ",".join(sorted(expr.get("values") or []))
-        text = {"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "Exists": key,
-                "DoesNotExist": f"!{key}"}.get(op)
+        text = {
+            "In": f"{key} in ({values})",
+            "NotIn": f"{key} notin ({values})",
+            "Exists": key,
+            "DoesNotExist": f"!{key}",
+        }.get(op)
         if text is None:
             raise RollbackError(f"unsupported label selector operator {op!r}")
         reqs.append((key, text))
@@ -102,8 +106,10 @@ def selector_string(label_selector: dict | None) -> str:
 
 def controlled_by(obj: dict, owner: dict) -> bool:
     uid = owner["metadata"].get("uid")
-    return any(ref.get("controller") is True and ref.get("uid") == uid
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+    return any(
+        ref.get("controller") is True and ref.get("uid") == uid
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
 
 
 def rs_revision(rs: dict) -> int | None:
@@ -151,7 +157,9 @@ def images(obj: dict | None) -> dict:
     spec = obj.get("spec") or {}
     tspec = (spec.get("template") or {}).get("spec") if "template" in spec else spec
     tspec = tspec or {}
-    return {c.get("name"): c.get("image") for c in (tspec.get("initContainers") or []) + (tspec.get("containers") or [])}
+    return {
+        c.get("name"): c.get("image") for c in (tspec.get("initContainers") or []) + (tspec.get("containers") or [])
+    }
 
 
 def revision_not_found(n: int) -> str:
@@ -160,6 +168,7 @@ def revision_not_found(n: int) -> str:
 
 # ---- Deployment history ------------------------------------------------------------------
 
+
 def owned(items: list, owner: dict) -> list:
     return [i for i in items if controlled_by(i, owner)]
 
@@ -167,9 +176,12 @@ def owned(items: list, owner: dict) -> list:
 def kubectl_order(deployment: dict, replicasets: list) -> list:
     """GetAllReplicaSets order: sorted by creation time (then name), the "new" one (the first
     whose template equals the Deployment's) moved last; it decides ties between equal revisions."""
-    ordered = sorted(replicasets, key=lambda rs: (rs["metadata"].get("creationTimestamp") or "", rs["metadata"].get("name")))
-    new = next((rs for rs in ordered
-                if templates_equal(rs["spec"].get("template"), deployment["spec"].get("template"))), None)
+    ordered = sorted(
+        replicasets, key=lambda rs: (rs["metadata"].get("creationTimestamp") or "", rs["metadata"].get("name"))
+    )
+    new = next(
+        (rs for rs in ordered if templates_equal(rs["spec"].get("template"), deployment["spec"].get("template"))), None
+    )
     if new is None:
         return ordered
     return [rs for rs in ordered if rs is not new] + [new]
@@ -223,6 +235,7 @@ def deployment_patch(deployment: dict, rs: dict) -> list:
 
 # ---- StatefulSet / DaemonSet history --------------------------------------------------------
 
+
 def choose_history(history: list, to_revision: int) -> dict:
     """kubectl findHistory(): `history` are ControllerRevisions owned by the object."""
     if to_revision == 0 and len(history) <= 1:
@@ -255,6 +268,7 @@ def current_history_revision(obj: dict, history: list) -> int | None:
 
 # ---- rollout status (kubectl rollout status) -----------------------------------------------
 
+
 def status_verdict(kind: str, obj: dict) -> dict:
     """{"done": bool, "failed": bool, "message": str} + replica counts, like rollout status."""
     name = obj["metadata"]["name"]
@@ -263,9 +277,13 @@ def status_verdict(kind: str, obj: dict) -> dict:
     out = {"done": False, "failed": False, "generation": gen, "observed_generation": observed}
     if kind == "Deployment":
         want = spec.get("replicas", 1)
-        counts = {"replicas": want, "current_replicas": st.get("replicas", 0),
-                  "updated_replicas": st.get("updatedReplicas", 0), "ready_replicas": st.get("readyReplicas", 0),
-                  "available_replicas": st.get("availableReplicas", 0)}
+        counts = {
+            "replicas": want,
+            "current_replicas": st.get("replicas", 0),
+            "updated_replicas": st.get("updatedReplicas", 0),
+            "ready_replicas": st.get("readyReplicas", 0),
+            "available_replicas": st.get("availableReplicas", 0),
+        }
         out.update(counts)
         if gen > observed:
             out["message"] = "Waiting for deployment spec update to be observed..."
@@ -274,40 +292,57 @@ def status_verdict(kind: str, obj: dict) -> dict:
         if cond and cond.get("reason") == "ProgressDeadlineExceeded":
             out.update(failed=True, message=f'deployment "{name}" exceeded its progress deadline')
         elif counts["updated_replicas"] < want:
-            out["message"] = (f'Waiting for deployment "{name}" rollout to finish: {counts["updated_replicas"]} out of '
-                              f"{want} new replicas have been updated...")
+            out["message"] = (
+                f'Waiting for deployment "{name}" rollout to finish: {counts["updated_replicas"]} out of '
+                f"{want} new replicas have been updated..."
+            )
         elif counts["current_replicas"] > counts["updated_replicas"]:
-            out["message"] = (f'Waiting for deployment "{name}" rollout to finish: '
-                              f'{counts["current_replicas"] - counts["updated_replicas"]} old replicas are pending termination...')
+            out["message"] = (
+                f'Waiting for deployment "{name}" rollout to finish: '
+                f"{counts['current_replicas'] - counts['updated_replicas']} old replicas are pending termination..."
+            )
         elif counts["available_replicas"] < counts["updated_replicas"]:
-            out["message"] = (f'Waiting for deployment "{name}" rollout to finish: {counts["available_replicas"]} of '
-                              f'{counts["updated_replicas"]} updated replicas are available...')
+            out["message"] = (
+                f'Waiting for deployment "{name}" rollout to finish: {counts["available_replicas"]} of '
+                f"{counts['updated_replicas']} updated replicas are available..."
+            )
         else:
             out.update(done=True, message=f'deployment "{name}" successfully rolled out')
         return out
     if kind == "DaemonSet":
-        counts = {"desired_number_scheduled": st.get("desiredNumberScheduled", 0),
-                  "updated_number_scheduled": st.get("updatedNumberScheduled", 0),
-                  "number_available": st.get("numberAvailable", 0), "number_ready": st.get("numberReady", 0)}
+        counts = {
+            "desired_number_scheduled": st.get("desiredNumberScheduled", 0),
+            "updated_number_scheduled": st.get("updatedNumberScheduled", 0),
+            "number_available": st.get("numberAvailable", 0),
+            "number_ready": st.get("numberReady", 0),
+        }
         out.update(counts)
         if (spec.get("updateStrategy") or {}).get("type", "RollingUpdate") != "RollingUpdate":
             out.update(failed=True, message="rollout status is only available for RollingUpdate strategy type")
         elif gen > observed:
             out["message"] = "Waiting for daemon set spec update to be observed..."
         elif counts["updated_number_scheduled"] < counts["desired_number_scheduled"]:
-            out["message"] = (f'Waiting for daemon set "{name}" rollout to finish: {counts["updated_number_scheduled"]} '
-                              f'out of {counts["desired_number_scheduled"]} new pods have been updated...')
+            out["message"] = (
+                f'Waiting for daemon set "{name}" rollout to finish: {counts["updated_number_scheduled"]} '
+                f"out of {counts['desired_number_scheduled']} new pods have been updated..."
+            )
         elif counts["number_available"] < counts["desired_number_scheduled"]:
-            out["message"] = (f'Waiting for daemon set "{name}" rollout to finish: {counts["number_available"]} of '
-                              f'{counts["desired_number_scheduled"]} updated pods are available...')
+            out["message"] = (
+                f'Waiting for daemon set "{name}" rollout to finish: {counts["number_available"]} of '
+                f"{counts['desired_number_scheduled']} updated pods are available..."
+            )
         else:
             out.update(done=True, message=f'daemon set "{name}" successfully rolled out')
         return out
     # StatefulSet
     want = spec.get("replicas", 1)
-    counts = {"replicas": want, "ready_replicas": st.get("readyReplicas", 0),
-              "updated_replicas": st.get("updatedReplicas", 0), "current_revision": st.get("currentRevision"),
-              "update_revision": st.get("updateRevision")}
+    counts = {
+        "replicas": want,
+        "ready_replicas": st.get("readyReplicas", 0),
+        "updated_replicas": st.get("updatedReplicas", 0),
+        "current_revision": st.get("currentRevision"),
+        "update_revision": st.get("updateRevision"),
+    }
     out.update(counts)
     strategy = spec.get("updateStrategy") or {}
     if strategy.get("type", "RollingUpdate") != "RollingUpdate":
@@ -319,23 +354,39 @@ def status_verdict(kind: str, obj: dict) -> dict:
     elif strategy.get("rollingUpdate") is not None:
         partition = strategy["rollingUpdate"].get("partition")
         if partition is not None and counts["updated_replicas"] < want - partition:
-            out["message"] = (f"Waiting for partitioned roll out to finish: {counts['updated_replicas']} out of "
-                              f"{want - partition} new pods have been updated...")
+            out["message"] = (
+                f"Waiting for partitioned roll out to finish: {counts['updated_replicas']} out of "
+                f"{want - partition} new pods have been updated..."
+            )
         else:
-            out.update(done=True, message=f"partitioned roll out complete: {counts['updated_replicas']} new pods have been updated...")
+            out.update(
+                done=True,
+                message=f"partitioned roll out complete: {counts['updated_replicas']} new pods have been updated...",
+            )
     elif counts["update_revision"] != counts["current_revision"]:
-        out["message"] = (f"waiting for statefulset rolling update to complete {counts['updated_replicas']} pods at "
-                          f"revision {counts['update_revision']}...")
+        out["message"] = (
+            f"waiting for statefulset rolling update to complete {counts['updated_replicas']} pods at "
+            f"revision {counts['update_revision']}..."
+        )
     else:
-        out.update(done=True, message=f"statefulset rolling update complete {st.get('replicas', 0)} pods at revision "
-                                      f"{counts['current_revision']}...")
+        out.update(
+            done=True,
+            message=f"statefulset rolling update complete {st.get('replicas', 0)} pods at revision "
+            f"{counts['current_revision']}...",
+        )
     return out
 
 
 # ---- set (image / env / replicas) and restart plans -----------------------------------------
 
-def update_patch(obj: dict, images_wanted: dict | None = None, env: dict | None = None,
-                 container: str | None = None, replicas: int | None = None) -> dict | None:
+
+def update_patch(
+    obj: dict,
+    images_wanted: dict | None = None,
+    env: dict | None = None,
+    container: str | None = None,
+    replicas: int | None = None,
+) -> dict | None:
     """Strategic-merge patch setting images ({container: image}), env (on `container`, or on every
     container) and replicas; None when the object already has them."""
     tspec = obj["spec"]["template"].get("spec") or {}
@@ -344,8 +395,10 @@ def update_patch(obj: dict, images_wanted: dict | None = None, env: dict | None 
     if container and container not in containers:
         unknown.append(container)
     if unknown:
-        raise RollbackError(f"{obj['kind'] if 'kind' in obj else 'object'} {obj['metadata']['name']} has no container "
-                            f"{', '.join(unknown)}; its containers are {', '.join(sorted(containers))}")
+        raise RollbackError(
+            f"{obj['kind'] if 'kind' in obj else 'object'} {obj['metadata']['name']} has no container "
+            f"{', '.join(unknown)}; its containers are {', '.join(sorted(containers))}"
+        )
     patch_containers = []
     for cname, cur in containers.items():
         change: dict = {}
@@ -354,8 +407,11 @@ def update_patch(obj: dict, images_wanted: dict | None = None, env: dict | None 
             change["image"] = want_image
         if env and (container is None or container == cname):
             cur_env = {e["name"]: e for e in cur.get("env") or []}
-            env_changes = [{"name": k, "value": str(v)} for k, v in env.items()
-                           if cur_env.get(k, {}).get("value") != str(v) or "valueFrom" in cur_env.get(k, {})]
+            env_changes = [
+                {"name": k, "value": str(v)}
+                for k, v in env.items()
+                if cur_env.get(k, {}).get("value") != str(v) or "valueFrom" in cur_env.get(k, {})
+            ]
             if env_changes:
                 change["env"] = env_changes
         if change:
@@ -370,7 +426,7 @@ def update_patch(obj: dict, images_wanted: dict | None = None, env: dict | None 
 
 def restart_patch(now: datetime.datetime) -> dict:
     """kubectl rollout restart: stamp the pod template so every pod is replaced."""
-    stamp = now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = now.astimezone(datetime.timezone.utc)  # noqa: UP017 (targets may run Python < 3.11).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
 
 
@@ -400,17 +456,28 @@ def apply_strategic(obj: dict, patch: dict) -> dict:
 
 # ---- orchestration -------------------------------------------------------------------------
 
+
 class Rollout:
     """Undo / status / set / restart one workload, then verify like `kubectl rollout status`."""
 
-    def __init__(self, client, kind: str, namespace: str, name: str, check_mode: bool = False,
-                 clock=time.monotonic, sleep=time.sleep, now=None, poll_interval: float = 0.5):
+    def __init__(
+        self,
+        client,
+        kind: str,
+        namespace: str,
+        name: str,
+        check_mode: bool = False,
+        clock=time.monotonic,
+        sleep=time.sleep,
+        now=None,
+        poll_interval: float = 0.5,
+    ):
         if kind not in KINDS:
             raise RollbackError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.client, self.kind, self.ns, self.name = client, kind, namespace, name
         self.check_mode = check_mode
         self.clock, self.sleep = clock, sleep
-        self.now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        self.now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))  # noqa: UP017
         self.poll = poll_interval
         self.started = clock()
         self.result: dict = {"changed": False, "skipped": False, "kind": kind, "namespace": namespace, "name": name}
@@ -421,8 +488,9 @@ class Rollout:
             obj = self.client.get(self.kind, self.ns, self.name)
         except ClientError as exc:
             if exc.status == 404:
-                raise RollbackError(f'{PLURALS[self.kind]}.apps "{self.name}" not found in namespace {self.ns}',
-                                    self.result) from exc
+                raise RollbackError(
+                    f'{PLURALS[self.kind]}.apps "{self.name}" not found in namespace {self.ns}', self.result
+                ) from exc
             raise RollbackError(f"failed to retrieve {self.kind} {self.name}: {exc.message}", self.result) from exc
         obj.setdefault("kind", self.kind)
         return obj
@@ -432,8 +500,9 @@ class Rollout:
         try:
             items = self.client.list(hkind, self.ns, selector_string(obj["spec"].get("selector")))
         except ClientError as exc:
-            raise RollbackError(f"failed to retrieve {PLURALS[hkind]} of {self.kind} {self.name}: {exc.message}",
-                                self.result) from exc
+            raise RollbackError(
+                f"failed to retrieve {PLURALS[hkind]} of {self.kind} {self.name}: {exc.message}", self.result
+            ) from exc
         return owned(items, obj)
 
     def _revision_of(self, obj: dict, history: list) -> int | None:
@@ -444,8 +513,10 @@ class Rollout:
     def _finish(self, obj_before: dict, obj_after: dict | None) -> None:
         self.result["images_before"] = images(obj_before)
         self.result["images_after"] = images(obj_after if obj_after is not None else obj_before)
-        self.result["diff"] = {"before": {"template": obj_before["spec"].get("template")},
-                               "after": {"template": (obj_after or obj_before)["spec"].get("template")}}
+        self.result["diff"] = {
+            "before": {"template": obj_before["spec"].get("template")},
+            "after": {"template": (obj_after or obj_before)["spec"].get("template")},
+        }
 
     # -- actions --
     def undo(self, to_revision: int = 0, wait: bool = True, wait_timeout: float = 300) -> dict:
@@ -477,7 +548,9 @@ class Rollout:
         predicted["spec"]["template"] = after_template
         self._finish(obj, predicted)
         if same:
-            self.result.update(skipped=True, msg=f"skipped rollback (current template already matches revision {to_revision})")
+            self.result.update(
+                skipped=True, msg=f"skipped rollback (current template already matches revision {to_revision})"
+            )
             return self._maybe_wait(wait, wait_timeout)
         return self._apply(patch, ptype, wait, wait_timeout, f"{resource_ref(self.kind, self.name)} rolled back")
 
@@ -524,8 +597,12 @@ class Rollout:
             self.client.patch(self.kind, self.ns, self.name, patch, ptype)
         except ClientError as exc:
             what = f"revision {self.result.get('to_revision')}" if "rolled back" in done_msg else self.name
-            raise RollbackError(f"failed restoring {what}: {exc.message}" if "rolled back" in done_msg
-                                else f"failed patching {self.kind} {what}: {exc.message}", self.result) from exc
+            raise RollbackError(
+                f"failed restoring {what}: {exc.message}"
+                if "rolled back" in done_msg
+                else f"failed patching {self.kind} {what}: {exc.message}",
+                self.result,
+            ) from exc
         return self._maybe_wait(wait, wait_timeout, fail_on_wait=True)
 
     def _maybe_wait(self, wait: bool, wait_timeout: float, fail_on_wait: bool = False) -> dict:
@@ -548,8 +625,11 @@ class Rollout:
             if verdict["failed"]:
                 raise RollbackError(f"{verdict['message']} ({self._where()})", self.result)
             if self.clock() >= deadline:
-                raise RollbackError(f"rollout of {self.kind} {self.ns}/{self.name} did not finish within {wait_timeout:g} s: "
-                                    f"{verdict['message']}", self.result)
+                raise RollbackError(
+                    f"rollout of {self.kind} {self.ns}/{self.name} did not finish within {wait_timeout:g} s: "
+                    f"{verdict['message']}",
+                    self.result,
+                )
             self.sleep(self.poll)
 
     def _where(self) -> str:
@@ -557,6 +637,7 @@ class Rollout:
 
 
 # ---- EKS exec credential plugins -----------------------------------------------------------
+
 
 def kubeconfig_user(configs: list, context: str | None) -> tuple:
     """(user name, user dict) of `context` (default: current-context) in merged kubeconfigs:
@@ -571,6 +652,7 @@ def kubeconfig_user(configs: list, context: str | None) -> tuple:
                 if item.get("name") == name:
                     return item
         return None
+
     ctx = first("contexts", current)
     if not ctx:
         return None, {}
@@ -585,9 +667,16 @@ def exec_command_line(exec_cfg: dict) -> str:
 
 def exec_failure_message(user_name: str, exec_cfg: dict, error: str) -> str:
     cmd = exec_command_line(exec_cfg)
-    hint = ("install the AWS CLI and make sure `aws sts get-caller-identity` works for this user "
-            "(AWS_PROFILE, credentials, region)") if exec_cfg.get("command", "").endswith("aws") else \
-        "make sure the credential plugin command works from the shell that runs Ansible"
+    hint = (
+        (
+            "install the AWS CLI and make sure `aws sts get-caller-identity` works for this user "
+            "(AWS_PROFILE, credentials, region)"
+        )
+        if exec_cfg.get("command", "").endswith("aws")
+        else "make sure the credential plugin command works from the shell that runs Ansible"
+    )
     error = " ".join((error or "no output").split())
-    return (f"kubeconfig user {user_name!r} gets its token from the exec plugin `{cmd}`, which failed: {error}. "
-            f"Without a token every API call would be rejected (401); {hint}.")
+    return (
+        f"kubeconfig user {user_name!r} gets its token from the exec plugin `{cmd}`, which failed: {error}. "
+        f"Without a token every API call would be rejected (401); {hint}."
+    )

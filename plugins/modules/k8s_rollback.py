@@ -105,12 +105,12 @@ options:
     default: 300
   images:
     description:
-      - With O(action=set), the image of each container to set, C({container name: image}); the key
-        V(*) sets every container.
+      - With O(action=set), the image to set for each container, a mapping of container names to
+        images; the key V(*) sets every container.
     type: dict
   env:
     description:
-      - With O(action=set), environment variables to set, C({NAME: value}), on O(container) or, when
+      - With O(action=set), environment variables to set (a mapping of names to values), on O(container) or, when
         it is not given, on every container. Variables not listed are left alone.
       - Values are visible in the pod spec; put secrets in a Kubernetes Secret instead.
     type: dict
@@ -221,7 +221,9 @@ patch:
     Deployment rollback, a strategic-merge patch otherwise.
   returned: when changed
   type: raw
-  sample: [{"op": "replace", "path": "/spec/template", "value": {}}, {"op": "replace", "path": "/metadata/annotations", "value": {}}]
+  sample:
+    - {"op": "replace", "path": "/spec/template", "value": {}}
+    - {"op": "replace", "path": "/metadata/annotations", "value": {}}
 patch_type:
   description: V(json) (JSON Patch) or V(strategic) (strategic-merge patch).
   returned: when changed
@@ -265,13 +267,13 @@ msg:
   sample: deployment.apps/liquid-abt-app rolled back
 """
 
-import json
-import os
-import shutil
-import traceback
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import traceback  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import (  # noqa: E402
     K8S_REQUIRED_TOGETHER,
     K8sConnectionError,
     auth_plan,
@@ -282,7 +284,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import (
     hint_for,
     k8s_argument_spec,
 )
-from ansible_collections.ops.runbooks.plugins.module_utils._k8s_rollback import (
+from ansible_collections.ops.runbooks.plugins.module_utils._k8s_rollback import (  # noqa: E402
     KINDS,
     ClientError,
     RollbackError,
@@ -304,8 +306,11 @@ else:
     HAS_LIBS = True
     LIBS_ERROR = None
 
-PATCH_TYPES = {"json": "application/json-patch+json", "strategic": "application/strategic-merge-patch+json",
-               "merge": "application/merge-patch+json"}
+PATCH_TYPES = {
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "merge": "application/merge-patch+json",
+}
 
 
 class ApiClientWrapper:
@@ -322,16 +327,29 @@ class ApiClientWrapper:
         try:
             if hasattr(self.api, "param_serialize"):  # kubernetes >= 31 (openapi-generator 7)
                 method, url, headers, body, _post = self.api.param_serialize(
-                    method, path, query_params=list((query or {}).items()), header_params=headers, body=body,
-                    auth_settings=["BearerToken"])
+                    method,
+                    path,
+                    query_params=list((query or {}).items()),
+                    header_params=headers,
+                    body=body,
+                    auth_settings=["BearerToken"],
+                )
                 resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
                 resp.read()
                 if not 200 <= resp.status <= 299:
                     raise ApiException(status=resp.status, reason=resp.reason, body=resp.data.decode(errors="replace"))
             else:
-                resp = self.api.call_api(path, method, query_params=list((query or {}).items()), header_params=headers,
-                                         body=body, auth_settings=["BearerToken"], _preload_content=False,
-                                         _return_http_data_only=True, _request_timeout=self.timeout)
+                resp = self.api.call_api(
+                    path,
+                    method,
+                    query_params=list((query or {}).items()),
+                    header_params=headers,
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _return_http_data_only=True,
+                    _request_timeout=self.timeout,
+                )
         except ApiException as exc:
             detail = exc.reason or ""
             try:
@@ -362,8 +380,9 @@ class ApiClientWrapper:
                 return items
 
     def patch(self, kind, namespace, name, body, patch_type):
-        return self._call("PATCH", resource_path(kind, namespace, name), body=body,
-                          content_type=PATCH_TYPES[patch_type])
+        return self._call(
+            "PATCH", resource_path(kind, namespace, name), body=body, content_type=PATCH_TYPES[patch_type]
+        )
 
 
 def _exec_plugin_failure(module, api) -> str | None:
@@ -393,11 +412,15 @@ def _exec_plugin_failure(module, api) -> str | None:
         error = f"{command}: command not found on PATH ({env.get('PATH', '')})"
     else:
         extra = {e["name"]: e["value"] for e in exec_cfg.get("env") or [] if "name" in e}
-        rc, out, err = module.run_command([command] + [str(a) for a in exec_cfg.get("args") or []],
-                                          environ_update=extra)
+        rc, out, err = module.run_command(
+            [command] + [str(a) for a in exec_cfg.get("args") or []], environ_update=extra
+        )
         # stderr only: stdout may hold a credential
-        error = f"exit status {rc}: {err.strip() or '(no error output)'}" if rc else \
-            "it ran but returned no usable token (its output is not shown: it may hold a credential)"
+        error = (
+            f"exit status {rc}: {err.strip() or '(no error output)'}"
+            if rc
+            else "it ran but returned no usable token (its output is not shown: it may hold a credential)"
+        )
     return exec_failure_message(user_name, exec_cfg, error)
 
 
@@ -416,13 +439,20 @@ def main():
         container={"type": "str"},
         replicas={"type": "int"},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True, required_together=K8S_REQUIRED_TOGETHER,
-                           required_if=[("action", "set", ("images", "env", "replicas"), True)])
+    module = AnsibleModule(
+        argument_spec=spec,
+        supports_check_mode=True,
+        required_together=K8S_REQUIRED_TOGETHER,
+        required_if=[("action", "set", ("images", "env", "replicas"), True)],
+    )
     p = module.params
     result = {"changed": False, "skipped": False, "kind": p["kind"], "duration_s": 0.0}
     if p["to_revision"] < 0:
-        module.fail_json(msg=f"{revision_not_found(p['to_revision'])}: to_revision must be 0 (the previous "
-                         "revision) or a revision number from `kubectl rollout history`", **result)
+        module.fail_json(
+            msg=f"{revision_not_found(p['to_revision'])}: to_revision must be 0 (the previous "
+            "revision) or a revision number from `kubectl rollout history`",
+            **result,
+        )
     if p["wait_timeout"] <= 0:
         module.fail_json(msg=f"wait_timeout must be a positive number of seconds, got {p['wait_timeout']}", **result)
     if p["replicas"] is not None and p["replicas"] < 0:
@@ -430,7 +460,11 @@ def main():
     if p["action"] != "set" and any(p[k] is not None for k in ("images", "env", "container", "replicas")):
         module.fail_json(msg="images, env, container and replicas only apply to action=set", **result)
     for key in ("images", "env"):
-        bad = [k for k, v in (p[key] or {}).items() if not isinstance(v, (str, int, float)) or isinstance(v, bool) or v == ""]
+        bad = [
+            k
+            for k, v in (p[key] or {}).items()
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool) or v == ""
+        ]
         if bad:
             module.fail_json(msg=f"{key} values must be non-empty strings; check {', '.join(sorted(bad))}", **result)
     check_kubernetes(module)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k8s_sim import FakeApiServer, deployment, write_kubeconfig  # noqa: E402
+from tests.k8s_sim import FakeApiServer, deployment, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 NS, APP, REPOSITORY = "opslab", "opslab-api", "registry.lab.invalid/opslab-api"
@@ -38,8 +35,17 @@ def image(srv) -> str:
 
 
 def playbook(venv_bin, env, srv, play, *extra, check=False):
-    cmd = [str(venv_bin / "ansible-playbook"), "-i", "inventories/lab", str(play), "--limit", "lab-eks",
-           "-e", f"deploy_eks_kubeconfig={srv.kubeconfig}", *extra]
+    cmd = [
+        str(venv_bin / "ansible-playbook"),
+        "-i",
+        "inventories/lab",
+        str(play),
+        "--limit",
+        "lab-eks",
+        "-e",
+        f"deploy_eks_kubeconfig={srv.kubeconfig}",
+        *extra,
+    ]
     if check:
         cmd += ["--check", "--diff"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -50,7 +56,7 @@ def playbook(venv_bin, env, srv, play, *extra, check=False):
 def recap(proc) -> dict:
     m = re.search(r"lab-eks\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", proc.stdout)
     assert m, proc.stdout
-    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
+    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()), strict=True))
 
 
 def test_deploy_check_real_and_again(cluster, venv_bin, ansible_env):
@@ -60,8 +66,9 @@ def test_deploy_check_real_and_again(cluster, venv_bin, ansible_env):
     assert recap(check)["changed"] == 1 and image(cluster) == f"{REPOSITORY}:v1" and cluster.patches == []
     assert f"{REPOSITORY}:v1 -> {REPOSITORY}:v2 (would change)" in check.text
 
-    real = playbook(venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v2",
-                    "-e", '{"deploy_eks_env": {"RELEASE": "v2"}}')
+    real = playbook(
+        venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v2", "-e", '{"deploy_eks_env": {"RELEASE": "v2"}}'
+    )
     assert real.returncode == 0, real.stdout
     assert image(cluster) == f"{REPOSITORY}:v2" and recap(real)["changed"] == 1
     assert f'deployment "{APP}" successfully rolled out' in real.text
@@ -69,8 +76,9 @@ def test_deploy_check_real_and_again(cluster, venv_bin, ansible_env):
     assert container["env"] == [{"name": "RELEASE", "value": "v2"}]
     assert cluster.get("deployments", APP, NS)["status"]["availableReplicas"] == 2
 
-    again = playbook(venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v2",
-                     "-e", '{"deploy_eks_env": {"RELEASE": "v2"}}')
+    again = playbook(
+        venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v2", "-e", '{"deploy_eks_env": {"RELEASE": "v2"}}'
+    )
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout
     assert len(cluster.patches) == 1
 
@@ -79,8 +87,11 @@ def test_failed_rollout_is_rolled_back_automatically(cluster, venv_bin, ansible_
     cluster.controller.never_available.add(f"{REPOSITORY}:v3-broken")
     proc = playbook(venv_bin, ansible_env, cluster, REPO / "playbooks" / "deploy.yml", "-e", "deploy_version=v3-broken")
     assert proc.returncode == 2, proc.stdout
-    assert f'Deploying {REPOSITORY}:v3-broken to {NS}/{APP} failed: deployment "{APP}" exceeded its progress deadline' in proc.text
-    assert f"Rolled back to revision 1 ({REPOSITORY}:v1): deployment \"{APP}\" successfully rolled out" in proc.text
+    assert (
+        f'Deploying {REPOSITORY}:v3-broken to {NS}/{APP} failed: deployment "{APP}" exceeded its progress deadline'
+        in proc.text
+    )
+    assert f'Rolled back to revision 1 ({REPOSITORY}:v1): deployment "{APP}" successfully rolled out' in proc.text
     assert image(cluster) == f"{REPOSITORY}:v1"
     d = cluster.get("deployments", APP, NS)
     assert d["status"]["availableReplicas"] == 2 and d["status"]["updatedReplicas"] == 2
@@ -97,7 +108,8 @@ def test_rollback_playbook_goes_to_the_previous_revision(cluster, venv_bin, ansi
 
 def test_restart_and_scale_task_files(cluster, venv_bin, ansible_env, tmp_path):
     play = tmp_path / "ops.yml"
-    play.write_text(textwrap.dedent("""\
+    play.write_text(
+        textwrap.dedent("""\
         - name: Restart then scale on the simulated cluster
           hosts: eks
           gather_facts: false
@@ -110,7 +122,8 @@ def test_restart_and_scale_task_files(cluster, venv_bin, ansible_env, tmp_path):
               ansible.builtin.include_role:
                 name: ops.runbooks.deploy
                 tasks_from: eks_scale.yml
-        """))
+        """)
+    )
     proc = playbook(venv_bin, ansible_env, cluster, play, "-e", "deploy_eks_replicas=4")
     assert proc.returncode == 0, proc.stdout
     d = cluster.get("deployments", APP, NS)
@@ -122,7 +135,15 @@ def test_restart_and_scale_task_files(cluster, venv_bin, ansible_env, tmp_path):
 
 
 def test_precheck_refuses_a_missing_deployment(cluster, venv_bin, ansible_env):
-    proc = playbook(venv_bin, ansible_env, cluster, REPO / "playbooks" / "deploy.yml", "-e", "deploy_version=v2",
-                    "-e", "deploy_app_name=not-there")
+    proc = playbook(
+        venv_bin,
+        ansible_env,
+        cluster,
+        REPO / "playbooks" / "deploy.yml",
+        "-e",
+        "deploy_version=v2",
+        "-e",
+        "deploy_app_name=not-there",
+    )
     assert proc.returncode == 2 and 'deployments.apps "not-there" not found in namespace opslab' in proc.text
     assert cluster.patches == []

@@ -4,15 +4,10 @@ kubernetes client's real config-loading path). No real cluster is involved."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k8s_sim import FakeApiServer, daemonset, deployment, rollout, statefulset, write_kubeconfig  # noqa: E402
-from k8s_sim.ansible_run import run_module  # noqa: E402
+from tests.k8s_sim import FakeApiServer, daemonset, deployment, rollout, statefulset, write_kubeconfig
+from tests.k8s_sim.ansible_run import run_module
 
 TOKEN = "sim-token-7f3a9c1e5b"
 
@@ -30,6 +25,7 @@ def run(sim, venv_bin, ansible_env):
     def _run(check=False, diff=False, **args):
         args.setdefault("kubeconfig", sim.kubeconfig)
         return run_module(venv_bin, ansible_env, args, check=check, diff=diff)[0]
+
     return _run
 
 
@@ -62,8 +58,10 @@ def test_check_mode_predicts_the_real_run_and_a_repeat_changes_nothing(sim, run)
     ann = after["metadata"]["annotations"]
     assert _image(sim) == "web:v1"
     # kept from the Deployment / taken from the ReplicaSet / dropped (added after revision 1)
-    assert ann["kubectl.kubernetes.io/last-applied-configuration"] == \
-        before["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    assert (
+        ann["kubectl.kubernetes.io/last-applied-configuration"]
+        == before["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    )
     assert ann["team"] == "payments" and "added-after-v1" not in ann
     assert ann["deployment.kubernetes.io/revision"] == "3"
 
@@ -99,7 +97,9 @@ def test_progress_deadline_exceeded_fails_fast_with_kubectls_words(sim, run):
     rollout(sim, "deployments", "web", "web:broken", settle=False)
     sim.controller.never_available.add("web:v2")  # v2 turns out broken too: rolling back to it cannot finish
     res = run(name="web", to_revision=2, wait_timeout=120)
-    assert res.get("failed") and res["msg"] == 'deployment "web" exceeded its progress deadline (Deployment default/web)', res
+    assert (
+        res.get("failed") and res["msg"] == 'deployment "web" exceeded its progress deadline (Deployment default/web)'
+    ), res
     assert res["rollout"]["failed"] and res["changed"] is True and res["patch"]  # the patch was sent, then it failed
     assert len(sim.patches) == 1
     assert res["duration_s"] < 120
@@ -110,7 +110,7 @@ def test_wait_timeout_reports_the_last_status(sim, run):
     rollout(sim, "deployments", "web", "web:v2")
     sim.controller.never_available.add("web:v1")
     res = run(name="web", wait_timeout=2)
-    assert res.get("failed") and "did not finish within 2 s: Waiting for deployment \"web\" rollout" in res["msg"], res
+    assert res.get("failed") and 'did not finish within 2 s: Waiting for deployment "web" rollout' in res["msg"], res
 
 
 def test_revision_beyond_history_limit_is_gone(sim, run):
@@ -123,10 +123,13 @@ def test_revision_beyond_history_limit_is_gone(sim, run):
     assert ok["changed"] and _image(sim) == "web:v3"
 
 
-@pytest.mark.parametrize("kind,plural,build,name,old,new", [
-    ("StatefulSet", "statefulsets", statefulset, "db", "db:v1", "db:v2"),
-    ("DaemonSet", "daemonsets", daemonset, "agent", "agent:v1", "agent:v2"),
-])
+@pytest.mark.parametrize(
+    "kind,plural,build,name,old,new",
+    [
+        ("StatefulSet", "statefulsets", statefulset, "db", "db:v1", "db:v2"),
+        ("DaemonSet", "daemonsets", daemonset, "agent", "agent:v1", "agent:v2"),
+    ],
+)
 def test_statefulset_and_daemonset_roll_back_through_controllerrevisions(sim, run, kind, plural, build, name, old, new):
     build(sim)
     rollout(sim, plural, name, new)
@@ -134,7 +137,9 @@ def test_statefulset_and_daemonset_roll_back_through_controllerrevisions(sim, ru
     assert check["changed"] and check["patch_type"] == "strategic" and sim.patches == []
     assert check["patch"]["spec"]["template"]["$patch"] == "replace"
     real = run(kind=kind, name=name)
-    assert real["changed"] and real["patch"] == check["patch"] and (real["from_revision"], real["to_revision"]) == (2, 1)
+    assert (
+        real["changed"] and real["patch"] == check["patch"] and (real["from_revision"], real["to_revision"]) == (2, 1)
+    )
     assert _image(sim, name, plural) == old and real["rollout"]["done"], real
     assert sim.patches[0][1] == "application/strategic-merge-patch+json"
     again = run(kind=kind, name=name, to_revision=3)  # the restored revision got number 3

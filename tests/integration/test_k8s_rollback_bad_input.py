@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k8s_sim import FakeApiServer, deployment, rollout, write_kubeconfig  # noqa: E402
-from k8s_sim.ansible_run import run_module  # noqa: E402
-from k8s_sim.kubeconfig import write_fake_aws  # noqa: E402
+from tests.k8s_sim import FakeApiServer, deployment, rollout, write_kubeconfig
+from tests.k8s_sim.ansible_run import run_module
+from tests.k8s_sim.kubeconfig import write_fake_aws
 
 TOKEN = "eks-token-k8s-aws-v1.c2VjcmV0"
 EKS_ARGS = ["--region", "ap-southeast-2", "eks", "get-token", "--cluster-name", "liquid-abt-production"]
@@ -26,7 +22,7 @@ def sim(tmp_path_factory):
     srv = FakeApiServer(seed="bad", auto_tick=0.05, token=TOKEN).start()
     deployment(srv, "web")
     rollout(srv, "deployments", "web", "web:v2")
-    deployment(srv, "single")                      # one revision only
+    deployment(srv, "single")  # one revision only
     deployment(srv, "frozen")
     rollout(srv, "deployments", "frozen", "frozen:v2")
     srv.patch("deployments", "frozen", {"spec": {"paused": True}})
@@ -50,12 +46,17 @@ def _kubeconfig(sim, case: str) -> tuple[str, dict]:
     bin_dir = tmp / "bin"
     path_env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     if case == "exec-fails":
-        write_fake_aws(bin_dir, error="Unable to locate credentials. You can configure credentials by running \"aws configure\".")
-        return str(write_kubeconfig(tmp / "kc", sim.url, exec_args=EKS_ARGS, exec_env={"AWS_PROFILE": "prod"})), path_env
+        write_fake_aws(
+            bin_dir, error='Unable to locate credentials. You can configure credentials by running "aws configure".'
+        )
+        return str(
+            write_kubeconfig(tmp / "kc", sim.url, exec_args=EKS_ARGS, exec_env={"AWS_PROFILE": "prod"})
+        ), path_env
     if case == "exec-missing":
         bin_dir.mkdir(exist_ok=True)
-        return str(write_kubeconfig(tmp / "kc", sim.url, exec_args=EKS_ARGS,
-                                    exec_command="aws-cli-not-installed")), path_env
+        return str(
+            write_kubeconfig(tmp / "kc", sim.url, exec_args=EKS_ARGS, exec_command="aws-cli-not-installed")
+        ), path_env
     if case == "exec-garbage":
         write_fake_aws(bin_dir, stdout=f"unexpected output {TOKEN}")
         return str(write_kubeconfig(tmp / "kc", sim.url, exec_args=EKS_ARGS)), path_env
@@ -73,30 +74,77 @@ def _kubeconfig(sim, case: str) -> tuple[str, dict]:
 
 CASES = [
     # (id, module args, connection case, message fragments that must all appear)
-    ("unknown kind", {"name": "web", "kind": "CronJob"}, None,
-     ["value of kind must be one of: Deployment, StatefulSet, DaemonSet, got: CronJob"]),
+    (
+        "unknown kind",
+        {"name": "web", "kind": "CronJob"},
+        None,
+        ["value of kind must be one of: Deployment, StatefulSet, DaemonSet, got: CronJob"],
+    ),
     ("wrong type", {"name": "web", "to_revision": "latest"}, None, ["to_revision", "int"]),
-    ("negative revision", {"name": "web", "to_revision": -1}, None,
-     ["unable to find specified revision -1 in history", "kubectl rollout history"]),
+    (
+        "negative revision",
+        {"name": "web", "to_revision": -1},
+        None,
+        ["unable to find specified revision -1 in history", "kubectl rollout history"],
+    ),
     ("zero timeout", {"name": "web", "wait_timeout": 0}, None, ["wait_timeout must be a positive number"]),
     ("missing object", {"name": "nope"}, None, ['deployments.apps "nope" not found in namespace default']),
-    ("missing namespace object", {"name": "web", "namespace": "prod"}, None, ['deployments.apps "web" not found in namespace prod']),
+    (
+        "missing namespace object",
+        {"name": "web", "namespace": "prod"},
+        None,
+        ['deployments.apps "web" not found in namespace prod'],
+    ),
     ("revision not found", {"name": "web", "to_revision": 9}, None, ["unable to find specified revision 9 in history"]),
-    ("paused", {"name": "frozen"}, None, ["you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume'"]),
+    (
+        "paused",
+        {"name": "frozen"},
+        None,
+        ["you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume'"],
+    ),
     ("no history", {"name": "single"}, None, ['no rollout history found for deployment "single"']),
     ("set options on undo", {"name": "web", "images": {"web": "web:v3"}}, None, ["only apply to action=set"]),
-    ("unknown container", {"name": "web", "action": "set", "images": {"sidecar": "x:1"}}, None,
-     ["has no container sidecar", "its containers are web"]),
-    ("empty image", {"name": "web", "action": "set", "images": {"web": ""}}, None, ["images values must be non-empty strings"]),
-    ("exec plugin fails", {"name": "web"}, "exec-fails",
-     ["exec plugin `aws --region ap-southeast-2 eks get-token --cluster-name liquid-abt-production`",
-      "Unable to locate credentials", "exit status 255", "aws sts get-caller-identity"]),
-    ("exec plugin not installed", {"name": "web"}, "exec-missing",
-     ["exec plugin `aws-cli-not-installed --region", "command not found on PATH"]),
-    ("exec plugin returns garbage", {"name": "web"}, "exec-garbage",
-     ["returned no usable token (its output is not shown"]),
-    ("unreachable API", {"name": "web"}, "unreachable",
-     ["cannot use the Kubernetes API", "check that the API server is reachable"]),
+    (
+        "unknown container",
+        {"name": "web", "action": "set", "images": {"sidecar": "x:1"}},
+        None,
+        ["has no container sidecar", "its containers are web"],
+    ),
+    (
+        "empty image",
+        {"name": "web", "action": "set", "images": {"web": ""}},
+        None,
+        ["images values must be non-empty strings"],
+    ),
+    (
+        "exec plugin fails",
+        {"name": "web"},
+        "exec-fails",
+        [
+            "exec plugin `aws --region ap-southeast-2 eks get-token --cluster-name liquid-abt-production`",
+            "Unable to locate credentials",
+            "exit status 255",
+            "aws sts get-caller-identity",
+        ],
+    ),
+    (
+        "exec plugin not installed",
+        {"name": "web"},
+        "exec-missing",
+        ["exec plugin `aws-cli-not-installed --region", "command not found on PATH"],
+    ),
+    (
+        "exec plugin returns garbage",
+        {"name": "web"},
+        "exec-garbage",
+        ["returned no usable token (its output is not shown"],
+    ),
+    (
+        "unreachable API",
+        {"name": "web"},
+        "unreachable",
+        ["cannot use the Kubernetes API", "check that the API server is reachable"],
+    ),
     ("wrong token", {"name": "web"}, "wrong-token", ["(401)", "rejected the credentials"]),
     ("kubeconfig missing", {"name": "web"}, "no-kubeconfig", ["cannot use the Kubernetes API", "does-not-exist.yaml"]),
 ]
@@ -118,13 +166,15 @@ def test_bad_input_fails_clearly_and_changes_nothing(sim, venv_bin, ansible_env,
     assert res["changed"] is False
     assert len(sim.patches) == patches
     after = {k: v for k, v in sim.store.objects.items() if k[0] == "deployments"}
-    assert {k: v["metadata"]["resourceVersion"] for k, v in after.items()} == \
-        {k: v["metadata"]["resourceVersion"] for k, v in before.items()}
+    assert {k: v["metadata"]["resourceVersion"] for k, v in after.items()} == {
+        k: v["metadata"]["resourceVersion"] for k, v in before.items()
+    }
     assert TOKEN not in proc.stdout + proc.stderr
 
 
 def test_exec_plugin_that_works_authenticates(sim, venv_bin, ansible_env):
     kubeconfig, extra_env = _kubeconfig(sim, "exec-works")
-    res, _proc = run_module(venv_bin, ansible_env, {"name": "web", "action": "status", "kubeconfig": kubeconfig},
-                            extra_env=extra_env)
+    res, _proc = run_module(
+        venv_bin, ansible_env, {"name": "web", "action": "status", "kubeconfig": kubeconfig}, extra_env=extra_env
+    )
     assert not res.get("failed") and res["rollout"]["done"], res.get("msg")

@@ -13,26 +13,25 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import connect  # noqa: E402
-from ansible_collections.ops.runbooks.plugins.module_utils._k8s_rollback import (  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import connect
+from ansible_collections.ops.runbooks.plugins.module_utils._k8s_rollback import (
     RollbackError,
     Rollout,
     prune,
     status_verdict,
 )
-from ansible_collections.ops.runbooks.plugins.modules.k8s_rollback import ApiClientWrapper  # noqa: E402
-from k8s_sim import FakeApiServer, daemonset, deployment, rollout, statefulset, write_kubeconfig  # noqa: E402
+from ansible_collections.ops.runbooks.plugins.modules.k8s_rollback import ApiClientWrapper
+
+from tests.k8s_sim import FakeApiServer, daemonset, deployment, rollout, statefulset, write_kubeconfig
 
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the differential oracle "
-                                "against kubectl cannot run (this is a skip, not a pass)")
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl is not installed: the differential oracle against kubectl cannot run (this is a skip, not a pass)",
+)
 KINDS = {"deployments": "Deployment", "statefulsets": "StatefulSet", "daemonsets": "DaemonSet"}
 SHORT = {"deployments": "deployment", "statefulsets": "statefulset", "daemonsets": "daemonset"}
 
@@ -46,8 +45,18 @@ class Twin:
         self.tmp = tmp_path
         self.kcfg_k = write_kubeconfig(tmp_path / "kubectl.kubeconfig", self.k.url, token="t")
         self.kcfg_m = write_kubeconfig(tmp_path / "module.kubeconfig", self.m.url, token="t")
-        api = connect({"kubeconfig": str(self.kcfg_m), "context": None, "host": None, "api_key": None,
-                       "validate_certs": None, "ca_cert": None, "client_cert": None, "client_key": None})
+        api = connect(
+            {
+                "kubeconfig": str(self.kcfg_m),
+                "context": None,
+                "host": None,
+                "api_key": None,
+                "validate_certs": None,
+                "ca_cert": None,
+                "client_cert": None,
+                "client_key": None,
+            }
+        )
         self.client = ApiClientWrapper(api)
 
     def both(self, fn, *args, **kw):
@@ -60,8 +69,14 @@ class Twin:
 
     def kubectl(self, *args) -> subprocess.CompletedProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kcfg_k), HOME=str(self.tmp))
-        return subprocess.run([KUBECTL, "--cache-dir", str(self.tmp / "cache"), *args], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [KUBECTL, "--cache-dir", str(self.tmp / "cache"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def module(self, plural, name, action="undo", **kw) -> tuple[bool, dict | str]:
         r = Rollout(self.client, KINDS[plural], "default", name)
@@ -75,6 +90,7 @@ class Twin:
     def same_state(self):
         def dump(srv):
             return {k: prune(v) for k, v in srv.store.objects.items()}
+
         assert dump(self.k) == dump(self.m)
 
     def stop(self):
@@ -152,6 +168,7 @@ def follow_rollout(twin, plural, name, ticks=12):
 
 # ---- Deployments -----------------------------------------------------------------------------
 
+
 def test_undo_previous_then_undo_again_and_status_while_it_rolls(twin):
     twin.both(deployment, annotations={"team": "payments"})
     twin.both(rollout, "deployments", "web", "web:v2", annotations={"added-later": "yes"})
@@ -183,7 +200,9 @@ def test_error_decisions_match(twin, case):
         proc = twin.kubectl("rollout", "undo", "deployment/nope")
         ok, res = twin.module("deployments", "nope")
         assert proc.returncode == 1 and not ok
-        assert 'deployments.apps "nope" not found' in proc.stderr and res.startswith('deployments.apps "nope" not found')
+        assert 'deployments.apps "nope" not found' in proc.stderr and res.startswith(
+            'deployments.apps "nope" not found'
+        )
         return
     to_revision = {"revision-not-found": 7, "negative": None, "no-history": None, "paused": None}[case]
     if case == "negative":
@@ -197,16 +216,23 @@ def test_error_decisions_match(twin, case):
 def test_overlapping_selector_and_odd_revision_annotations(twin):
     twin.both(deployment, "web")
     twin.both(rollout, "deployments", "web", "web:v2")
-    twin.both(deployment, "web-canary", image="evil:v1", app="web")   # same labels, other owner
+    twin.both(deployment, "web-canary", image="evil:v1", app="web")  # same labels, other owner
     twin.both(rollout, "deployments", "web-canary", "evil:v2")
     twin.both(rollout, "deployments", "web", "web:v3")
 
     def odd(srv):
-        rss = {rs["spec"]["template"]["spec"]["containers"][0]["image"]: rs["metadata"]["name"]
-               for rs in srv.store.list("replicasets")}
+        rss = {
+            rs["spec"]["template"]["spec"]["containers"][0]["image"]: rs["metadata"]["name"]
+            for rs in srv.store.list("replicasets")
+        }
         # revision 2 unparseable (skipped), revision 1's annotation missing (= revision 0)
-        srv.patch("replicasets", rss["web:v2"], {"metadata": {"annotations": {"deployment.kubernetes.io/revision": "two"}}})
-        srv.patch("replicasets", rss["web:v1"], {"metadata": {"annotations": {"deployment.kubernetes.io/revision": None}}})
+        srv.patch(
+            "replicasets", rss["web:v2"], {"metadata": {"annotations": {"deployment.kubernetes.io/revision": "two"}}}
+        )
+        srv.patch(
+            "replicasets", rss["web:v1"], {"metadata": {"annotations": {"deployment.kubernetes.io/revision": None}}}
+        )
+
     twin.both(odd)
     assert_same_undo(twin, "deployments", "web", 2, expect="error")
     assert_same_undo(twin, "deployments", "web", expect="rolled back")  # previous = the "revision 0" one
@@ -220,8 +246,12 @@ def test_equal_revision_numbers_are_broken_like_kubectl(twin):
 
     def no_revisions(srv):  # every ReplicaSet loses its revision annotation: all are "revision 0"
         for rs in srv.store.list("replicasets"):
-            srv.patch("replicasets", rs["metadata"]["name"],
-                      {"metadata": {"annotations": {"deployment.kubernetes.io/revision": None}}})
+            srv.patch(
+                "replicasets",
+                rs["metadata"]["name"],
+                {"metadata": {"annotations": {"deployment.kubernetes.io/revision": None}}},
+            )
+
     twin.both(no_revisions)
     twin.both(lambda s: s.controller.__setattr__("enabled", False))  # keep them unnumbered
     assert_same_undo(twin, "deployments", "web", expect="rolled back")
@@ -232,7 +262,10 @@ def test_status_messages_spec_not_observed_and_deadline(twin):
     for srv in (twin.k, twin.m):
         srv.controller.enabled = False
     twin.both(rollout, "deployments", "web", "web:v2", settle=False)
-    assert assert_same_status(twin, "deployments", "web")["message"] == "Waiting for deployment spec update to be observed..."
+    assert (
+        assert_same_status(twin, "deployments", "web")["message"]
+        == "Waiting for deployment spec update to be observed..."
+    )
     for srv in (twin.k, twin.m):
         srv.controller.enabled = True
         srv.controller.never_available.add("web:v2")
@@ -246,10 +279,14 @@ def test_status_messages_spec_not_observed_and_deadline(twin):
 
 # ---- StatefulSets and DaemonSets ----------------------------------------------------------------
 
-@pytest.mark.parametrize("plural,build,name", [
-    ("statefulsets", statefulset, "db"),
-    ("daemonsets", daemonset, "agent"),
-])
+
+@pytest.mark.parametrize(
+    "plural,build,name",
+    [
+        ("statefulsets", statefulset, "db"),
+        ("daemonsets", daemonset, "agent"),
+    ],
+)
 def test_controllerrevision_kinds(twin, plural, build, name):
     twin.both(build)
     assert_same_undo(twin, plural, name, expect="error")  # no last revision to roll back to
@@ -267,6 +304,11 @@ def test_kubectl_binary_is_the_expected_one():
     out = subprocess.run([KUBECTL, "version", "--client", "-o", "json"], capture_output=True, text=True, check=True)
     minor = int(json.loads(out.stdout)["clientVersion"]["minor"].rstrip("+"))
     assert minor >= 27, out.stdout
-    assert status_verdict("Deployment", {"metadata": {"name": "x", "generation": 1}, "spec": {"replicas": 1},
-                                         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
-                                                    "availableReplicas": 1}})["done"]
+    assert status_verdict(
+        "Deployment",
+        {
+            "metadata": {"name": "x", "generation": 1},
+            "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+        },
+    )["done"]

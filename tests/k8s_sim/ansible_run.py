@@ -26,13 +26,19 @@ _PLAY = """
 """
 
 
-def run_module(venv_bin: Path, env: dict, args: dict, check: bool = False, diff: bool = False,
-               verbosity: int = 0, extra_env: dict | None = None) -> tuple[dict, subprocess.CompletedProcess]:
+def run_module(
+    venv_bin: Path,
+    env: dict,
+    args: dict,
+    check: bool = False,
+    diff: bool = False,
+    verbosity: int = 0,
+    extra_env: dict | None = None,
+) -> tuple[dict, subprocess.CompletedProcess]:
     with tempfile.TemporaryDirectory(prefix="k8s-rb-") as tmp:
         play, out, extra = Path(tmp, "play.yml"), Path(tmp, "result.json"), Path(tmp, "vars.json")
         play.write_text(_PLAY.replace("__ARGS__", json.dumps(args)))
-        extra.write_text(json.dumps({"result_file": str(out),
-                                     "ansible_python_interpreter": str(venv_bin / "python")}))
+        extra.write_text(json.dumps({"result_file": str(out), "ansible_python_interpreter": str(venv_bin / "python")}))
         cmd = [str(venv_bin / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play), "-e", f"@{extra}"]
         if check:
             cmd.append("--check")

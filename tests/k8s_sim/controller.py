@@ -27,8 +27,14 @@ REV_HISTORY = "deployment.kubernetes.io/revision-history"
 DESIRED = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
 HASH_LABEL = "pod-template-hash"
-SKIP_COPY = {"kubectl.kubernetes.io/last-applied-configuration", REV, REV_HISTORY, DESIRED, MAX_REPLICAS,
-             "deprecated.deployment.rollback.to"}
+SKIP_COPY = {
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REV,
+    REV_HISTORY,
+    DESIRED,
+    MAX_REPLICAS,
+    "deprecated.deployment.rollback.to",
+}
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -49,8 +55,10 @@ def _strip_hash(template: dict) -> dict:
 
 
 def controlled_by(obj: dict, owner: dict) -> bool:
-    return any(ref.get("controller") and ref.get("uid") == owner["metadata"]["uid"]
-               for ref in obj["metadata"].get("ownerReferences") or [])
+    return any(
+        ref.get("controller") and ref.get("uid") == owner["metadata"]["uid"]
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
 
 
 def _revision(obj: dict) -> int:
@@ -61,8 +69,14 @@ def _revision(obj: dict) -> int:
 
 
 def _owner_ref(obj: dict) -> dict:
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 class Controller:
@@ -78,7 +92,9 @@ class Controller:
 
     # ---- helpers --------------------------------------------------------------------------
     def _available(self, template: dict) -> bool:
-        return not any(c.get("image") in self.never_available for c in (template.get("spec") or {}).get("containers") or [])
+        return not any(
+            c.get("image") in self.never_available for c in (template.get("spec") or {}).get("containers") or []
+        )
 
     def sync(self) -> None:
         if not self.enabled:
@@ -137,11 +153,20 @@ class Controller:
                 annotations = {k: v for k, v in (d["metadata"].get("annotations") or {}).items() if k not in SKIP_COPY}
                 annotations.update({REV: str(max_old + 1), DESIRED: str(replicas), MAX_REPLICAS: str(replicas + 1)})
                 labels = dict(template["metadata"]["labels"])
-                new = self.store.create("replicasets", ns, {
-                    "metadata": {"name": f"{name}-{h}", "labels": labels, "annotations": annotations,
-                                 "ownerReferences": [_owner_ref(d)]},
-                    "spec": {"replicas": 0 if olds else replicas, "selector": selector, "template": template},
-                }, "apps/v1")
+                new = self.store.create(
+                    "replicasets",
+                    ns,
+                    {
+                        "metadata": {
+                            "name": f"{name}-{h}",
+                            "labels": labels,
+                            "annotations": annotations,
+                            "ownerReferences": [_owner_ref(d)],
+                        },
+                        "spec": {"replicas": 0 if olds else replicas, "selector": selector, "template": template},
+                    },
+                    "apps/v1",
+                )
                 self.last_progress[f"{ns}/{name}"] = self.store.clock
             elif _revision(new) <= max_old:
                 rs = copy.deepcopy(new)
@@ -177,29 +202,55 @@ class Controller:
         status["unavailableReplicas"] = max(0, status["replicas"] - status["availableReplicas"])
         status = {k: v for k, v in status.items() if v or k == "observedGeneration"}
         old_conds = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or []}
-        complete = (new is not None and status.get("updatedReplicas", 0) == replicas
-                    and status.get("replicas", 0) == replicas and status.get("availableReplicas", 0) == replicas)
+        complete = (
+            new is not None
+            and status.get("updatedReplicas", 0) == replicas
+            and status.get("replicas", 0) == replicas
+            and status.get("availableReplicas", 0) == replicas
+        )
         key = f"{ns}/{name}"
         deadline = d["spec"].get("progressDeadlineSeconds", 600)
         if d["spec"].get("paused"):
             prog = ("Unknown", "DeploymentPaused", "Deployment is paused")
         elif complete:
-            prog = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.')
+            prog = (
+                "True",
+                "NewReplicaSetAvailable",
+                f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.',
+            )
         elif name in self.force_deadline or self.store.clock - self.last_progress.get(key, self.store.clock) > deadline:
-            prog = ("False", "ProgressDeadlineExceeded",
-                    f'ReplicaSet "{new["metadata"]["name"] if new else name}" has timed out progressing.')
+            prog = (
+                "False",
+                "ProgressDeadlineExceeded",
+                f'ReplicaSet "{new["metadata"]["name"] if new else name}" has timed out progressing.',
+            )
         else:
-            prog = ("True", "ReplicaSetUpdated", f'ReplicaSet "{new["metadata"]["name"] if new else name}" is progressing.')
-        avail = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.") \
-            if status.get("availableReplicas", 0) >= replicas - 1 or status.get("availableReplicas", 0) >= replicas \
+            prog = (
+                "True",
+                "ReplicaSetUpdated",
+                f'ReplicaSet "{new["metadata"]["name"] if new else name}" is progressing.',
+            )
+        avail = (
+            ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+            if status.get("availableReplicas", 0) >= replicas - 1 or status.get("availableReplicas", 0) >= replicas
             else ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        )
         conds = []
         for ctype, (cstatus, reason, message) in (("Available", avail), ("Progressing", prog)):
             old = old_conds.get(ctype)
             same = old and old["status"] == cstatus and old["reason"] == reason
-            conds.append({"type": ctype, "status": cstatus, "reason": reason, "message": message,
-                          "lastUpdateTime": old["lastUpdateTime"] if same else self.store.now(),
-                          "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == cstatus else self.store.now()})
+            conds.append(
+                {
+                    "type": ctype,
+                    "status": cstatus,
+                    "reason": reason,
+                    "message": message,
+                    "lastUpdateTime": old["lastUpdateTime"] if same else self.store.now(),
+                    "lastTransitionTime": old["lastTransitionTime"]
+                    if old and old["status"] == cstatus
+                    else self.store.now(),
+                }
+            )
         status["conditions"] = conds
         if status != d.get("status"):
             d = copy.deepcopy(d)
@@ -210,9 +261,11 @@ class Controller:
 
     def _cleanup(self, d: dict, olds: list[dict]) -> None:
         limit = d["spec"].get("revisionHistoryLimit", 10)
-        idle = [rs for rs in olds if rs["spec"].get("replicas", 0) == 0 and not (rs.get("status") or {}).get("replicas")]
+        idle = [
+            rs for rs in olds if rs["spec"].get("replicas", 0) == 0 and not (rs.get("status") or {}).get("replicas")
+        ]
         idle.sort(key=_revision)
-        for rs in idle[:max(0, len(idle) - limit)]:
+        for rs in idle[: max(0, len(idle) - limit)]:
             self.store.delete("replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"])
 
     def _set_rs(self, rs: dict, replicas: int | None = None, available: bool = True) -> bool:
@@ -220,20 +273,33 @@ class Controller:
         changed = False
         if replicas is not None and rs["spec"].get("replicas") != replicas:
             rs["spec"]["replicas"] = replicas
-            rs = self.store.update("replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"], rs, check_rv=False)
+            rs = self.store.update(
+                "replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"], rs, check_rv=False
+            )
             changed = True
         want = rs["spec"].get("replicas", 0)
         st = dict(rs.get("status") or {})
         ready = st.get("readyReplicas", 0)
         ready = min(want, ready + 1) if available else 0
         ready = min(ready, want)
-        new_st = {"replicas": want, "readyReplicas": ready, "availableReplicas": ready, "fullyLabeledReplicas": want,
-                  "observedGeneration": rs["metadata"]["generation"]}
+        new_st = {
+            "replicas": want,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "fullyLabeledReplicas": want,
+            "observedGeneration": rs["metadata"]["generation"],
+        }
         new_st = {k: v for k, v in new_st.items() if v}
         if new_st != st:
             rs["status"] = new_st
-            self.store.update("replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"], rs,
-                              subresource="status", check_rv=False)
+            self.store.update(
+                "replicasets",
+                rs["metadata"]["namespace"],
+                rs["metadata"]["name"],
+                rs,
+                subresource="status",
+                check_rv=False,
+            )
             changed = changed or new_st.get("readyReplicas", 0) != st.get("readyReplicas", 0)
         return changed
 
@@ -263,7 +329,11 @@ class Controller:
     # ---- StatefulSets and DaemonSets: ControllerRevisions -----------------------------------
     def _history(self, obj: dict) -> list[dict]:
         sel = selector_string(obj["spec"].get("selector") or {})
-        crs = [cr for cr in self.store.list("controllerrevisions", obj["metadata"]["namespace"], sel) if controlled_by(cr, obj)]
+        crs = [
+            cr
+            for cr in self.store.list("controllerrevisions", obj["metadata"]["namespace"], sel)
+            if controlled_by(cr, obj)
+        ]
         return sorted(crs, key=lambda cr: cr.get("revision", 0))
 
     def _sync_history(self, obj: dict, plural: str) -> None:
@@ -277,9 +347,16 @@ class Controller:
             h = template_hash(template)
             labels = dict((template.get("metadata") or {}).get("labels") or {})
             labels["controller-revision-hash" if plural == "daemonsets" else "controller.kubernetes.io/hash"] = h
-            match = self.store.create("controllerrevisions", ns, {
-                "metadata": {"name": f"{name}-{h}", "labels": labels, "ownerReferences": [_owner_ref(obj)]},
-                "data": data, "revision": max_rev + 1}, "apps/v1")
+            match = self.store.create(
+                "controllerrevisions",
+                ns,
+                {
+                    "metadata": {"name": f"{name}-{h}", "labels": labels, "ownerReferences": [_owner_ref(obj)]},
+                    "data": data,
+                    "revision": max_rev + 1,
+                },
+                "apps/v1",
+            )
         elif match.get("revision", 0) < max_rev:
             match = dict(match, revision=max_rev + 1)
             match = self.store.update("controllerrevisions", ns, match["metadata"]["name"], match, check_rv=False)
@@ -289,7 +366,7 @@ class Controller:
         pods = self.pods.setdefault(key, [])
         live = set(pods) | {match["metadata"]["name"]}
         idle = [cr for cr in crs if cr["metadata"]["name"] not in live]
-        for cr in idle[:max(0, len(idle) - limit)]:
+        for cr in idle[: max(0, len(idle) - limit)]:
             self.store.delete("controllerrevisions", ns, cr["metadata"]["name"])
         self._workload_status(obj, plural, match)
 
@@ -318,7 +395,9 @@ class Controller:
         else:
             partition = 0
             if plural == "statefulsets":
-                partition = ((obj["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}).get("partition", 0) or 0
+                partition = ((obj["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}).get(
+                    "partition", 0
+                ) or 0
             # highest ordinal first, and only once every pod is ready (OrderedReady / maxUnavailable 1)
             all_ready = all(self._available(self._rev_template(ns, p)) for p in pods)
             for i in range(len(pods) - 1, partition - 1, -1):
@@ -339,17 +418,42 @@ class Controller:
             current = old.get("currentRevision") or upd
             if updated == len(pods) == self._desired(obj, plural):
                 current = upd
-            status = {"observedGeneration": obj["metadata"]["generation"], "replicas": len(pods),
-                      "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": updated,
-                      "currentReplicas": sum(1 for p in pods if p == current),
-                      "currentRevision": current, "updateRevision": upd, "collisionCount": 0}
+            status = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "replicas": len(pods),
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "updatedReplicas": updated,
+                "currentReplicas": sum(1 for p in pods if p == current),
+                "currentRevision": current,
+                "updateRevision": upd,
+                "collisionCount": 0,
+            }
         else:
             n = self._desired(obj, plural)
-            status = {"observedGeneration": obj["metadata"]["generation"], "desiredNumberScheduled": n,
-                      "currentNumberScheduled": len(pods), "numberMisscheduled": 0, "numberReady": ready,
-                      "numberAvailable": ready, "updatedNumberScheduled": updated,
-                      "numberUnavailable": max(0, n - ready)}
-        status = {k: v for k, v in status.items() if v or k in ("observedGeneration", "numberMisscheduled", "desiredNumberScheduled", "currentNumberScheduled", "replicas")}
+            status = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "desiredNumberScheduled": n,
+                "currentNumberScheduled": len(pods),
+                "numberMisscheduled": 0,
+                "numberReady": ready,
+                "numberAvailable": ready,
+                "updatedNumberScheduled": updated,
+                "numberUnavailable": max(0, n - ready),
+            }
+        status = {
+            k: v
+            for k, v in status.items()
+            if v
+            or k
+            in (
+                "observedGeneration",
+                "numberMisscheduled",
+                "desiredNumberScheduled",
+                "currentNumberScheduled",
+                "replicas",
+            )
+        }
         if status != old:
             obj = copy.deepcopy(obj)
             obj["status"] = status

@@ -121,9 +121,17 @@ def merge_patch(doc, patch):
 
 # Lists merged by key in a strategic-merge patch (the subset the tests and kubectl use).
 MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "env": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name",
-    "tolerations": None, "conditions": "type", "ownerReferences": "uid",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "tolerations": None,
+    "conditions": "type",
+    "ownerReferences": "uid",
 }
 
 
@@ -161,7 +169,9 @@ def _merge_list(current: list, patch: list, merge_key: str) -> list:
         if not isinstance(item, dict) or merge_key not in item:
             out.append(copy.deepcopy(item))
             continue
-        idx = next((i for i, cur in enumerate(out) if isinstance(cur, dict) and cur.get(merge_key) == item[merge_key]), None)
+        idx = next(
+            (i for i, cur in enumerate(out) if isinstance(cur, dict) and cur.get(merge_key) == item[merge_key]), None
+        )
         if item.get("$patch") == "delete":
             if idx is not None:
                 del out[idx]

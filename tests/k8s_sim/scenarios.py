@@ -12,14 +12,30 @@ def _template(app: str, image: str, env: dict | None = None) -> dict:
     return {"metadata": {"labels": {"app": app}}, "spec": {"containers": [container]}}
 
 
-def deployment(srv, name: str = "web", image: str = "web:v1", replicas: int = 3, ns: str = "default",
-               app: str | None = None, annotations: dict | None = None, settle: bool = True, **spec) -> dict:
+def deployment(
+    srv,
+    name: str = "web",
+    image: str = "web:v1",
+    replicas: int = 3,
+    ns: str = "default",
+    app: str | None = None,
+    annotations: dict | None = None,
+    settle: bool = True,
+    **spec,
+) -> dict:
     """Create a Deployment (with kubectl's last-applied annotation) and, with settle, roll it out."""
     app = app or name
-    obj = {"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": name, "labels": {"app": app}, "annotations": dict(annotations or {})},
-           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
-                    "template": _template(app, image), **spec}}
+    obj = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": app}, "annotations": dict(annotations or {})},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app}},
+            "template": _template(app, image),
+            **spec,
+        },
+    }
     obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(obj, sort_keys=True)
     srv.create("deployments", obj, ns)
     if settle:
@@ -27,11 +43,18 @@ def deployment(srv, name: str = "web", image: str = "web:v1", replicas: int = 3,
     return srv.get("deployments", name, ns)
 
 
-def statefulset(srv, name: str = "db", image: str = "db:v1", replicas: int = 2, ns: str = "default",
-                settle: bool = True) -> dict:
-    obj = {"metadata": {"name": name, "labels": {"app": name}},
-           "spec": {"replicas": replicas, "serviceName": name, "selector": {"matchLabels": {"app": name}},
-                    "template": _template(name, image)}}
+def statefulset(
+    srv, name: str = "db", image: str = "db:v1", replicas: int = 2, ns: str = "default", settle: bool = True
+) -> dict:
+    obj = {
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": _template(name, image),
+        },
+    }
     srv.create("statefulsets", obj, ns)
     if settle:
         settle_all(srv)
@@ -39,16 +62,19 @@ def statefulset(srv, name: str = "db", image: str = "db:v1", replicas: int = 2, 
 
 
 def daemonset(srv, name: str = "agent", image: str = "agent:v1", ns: str = "default", settle: bool = True) -> dict:
-    obj = {"metadata": {"name": name, "labels": {"app": name}},
-           "spec": {"selector": {"matchLabels": {"app": name}}, "template": _template(name, image)}}
+    obj = {
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "template": _template(name, image)},
+    }
     srv.create("daemonsets", obj, ns)
     if settle:
         settle_all(srv)
     return srv.get("daemonsets", name, ns)
 
 
-def rollout(srv, plural: str, name: str, image: str, ns: str = "default", settle: bool = True,
-            annotations: dict | None = None) -> dict:
+def rollout(
+    srv, plural: str, name: str, image: str, ns: str = "default", settle: bool = True, annotations: dict | None = None
+) -> dict:
     """`kubectl set image` equivalent (a strategic-merge patch of the first container)."""
     cur = srv.get(plural, name, ns)
     cname = cur["spec"]["template"]["spec"]["containers"][0]["name"]

@@ -20,9 +20,17 @@ from .controller import Controller
 from .patches import PatchError, json_patch, merge_patch, strategic_merge
 from .store import RESOURCES, ApiError, Store, group_of, not_found
 
-VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake", "gitCommit": "0" * 40,
-           "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0",
-           "compiler": "gc", "platform": "linux/amd64"}
+VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-fake",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.23.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
 
@@ -35,15 +43,39 @@ def _resource_list(gv: str) -> dict:
     for (g, plural), (kind, namespaced) in sorted(RESOURCES.items()):
         if g != gv:
             continue
-        res.append({"name": plural, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
-                     "verbs": VERBS, **({"shortNames": {"deployments": ["deploy"], "daemonsets": ["ds"],
-                                                        "statefulsets": ["sts"], "replicasets": ["rs"],
-                                                        "namespaces": ["ns"], "pods": ["po"]}[plural]}
-                                        if plural in ("deployments", "daemonsets", "statefulsets", "replicasets",
-                                                      "namespaces", "pods") else {})})
+        res.append(
+            {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": VERBS,
+                **(
+                    {
+                        "shortNames": {
+                            "deployments": ["deploy"],
+                            "daemonsets": ["ds"],
+                            "statefulsets": ["sts"],
+                            "replicasets": ["rs"],
+                            "namespaces": ["ns"],
+                            "pods": ["po"],
+                        }[plural]
+                    }
+                    if plural in ("deployments", "daemonsets", "statefulsets", "replicasets", "namespaces", "pods")
+                    else {}
+                ),
+            }
+        )
         if plural in ("deployments", "statefulsets", "daemonsets", "replicasets"):
-            res.append({"name": f"{plural}/status", "singularName": "", "namespaced": True, "kind": kind,
-                        "verbs": ["get", "patch", "update"]})
+            res.append(
+                {
+                    "name": f"{plural}/status",
+                    "singularName": "",
+                    "namespaced": True,
+                    "kind": kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}
 
 
@@ -54,8 +86,9 @@ class FakeApiServer:
     `srv.controller.tick()`, fully deterministic). token: bearer token required (None = any).
     """
 
-    def __init__(self, seed: str = "seed", auto_tick: float | None = None, token: str | None = None,
-                 tick_seconds: int = 10):
+    def __init__(
+        self, seed: str = "seed", auto_tick: float | None = None, token: str | None = None, tick_seconds: int = 10
+    ):
         self.store = Store(seed)
         self.controller = Controller(self.store, tick_seconds=tick_seconds)
         self.token = token
@@ -179,19 +212,40 @@ class FakeApiServer:
             def _route(self, method, path, query):
                 parts = [p for p in path.split("/") if p]
                 if path in ("/api", "/api/"):
-                    return self._send(200, {"kind": "APIVersions", "versions": ["v1"],
-                                            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+                    return self._send(
+                        200,
+                        {
+                            "kind": "APIVersions",
+                            "versions": ["v1"],
+                            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+                        },
+                    )
                 if path in ("/apis", "/apis/"):
                     gv = {"groupVersion": "apps/v1", "version": "v1"}
-                    return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                        {"name": "apps", "versions": [gv], "preferredVersion": gv}]})
+                    return self._send(
+                        200,
+                        {
+                            "kind": "APIGroupList",
+                            "apiVersion": "v1",
+                            "groups": [{"name": "apps", "versions": [gv], "preferredVersion": gv}],
+                        },
+                    )
                 if parts == ["api", "v1"]:
                     return self._send(200, _resource_list("v1"))
                 if parts == ["apis", "apps", "v1"]:
                     return self._send(200, _resource_list("apps/v1"))
                 if parts == ["apis", "apps"]:
                     gv = {"groupVersion": "apps/v1", "version": "v1"}
-                    return self._send(200, {"kind": "APIGroup", "apiVersion": "v1", "name": "apps", "versions": [gv], "preferredVersion": gv})
+                    return self._send(
+                        200,
+                        {
+                            "kind": "APIGroup",
+                            "apiVersion": "v1",
+                            "name": "apps",
+                            "versions": [gv],
+                            "preferredVersion": gv,
+                        },
+                    )
                 if parts[:1] == ["api"] and len(parts) >= 3:
                     gv, rest = "v1", parts[2:]
                 elif parts[:1] == ["apis"] and len(parts) >= 4:
@@ -232,10 +286,19 @@ class FakeApiServer:
                     return self._send(200, server.store.get(plural, ns, name) or obj)
                 if method == "PATCH" and name:
                     ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-                    ptype = {"application/json-patch+json": "json", "application/merge-patch+json": "merge",
-                             "application/strategic-merge-patch+json": "strategic"}.get(ctype)
+                    ptype = {
+                        "application/json-patch+json": "json",
+                        "application/merge-patch+json": "merge",
+                        "application/strategic-merge-patch+json": "strategic",
+                    }.get(ctype)
                     if ptype is None:
-                        raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype})")
+                        raise ApiError(
+                            415,
+                            "UnsupportedMediaType",
+                            "the body of the request was in an unknown format - accepted media types include: "
+                            "application/json-patch+json, application/merge-patch+json, "
+                            f"application/strategic-merge-patch+json (got {ctype})",
+                        )
                     body = self._body()
                     server.patches.append((path, ctype, body))
                     if query.get("dryRun"):
@@ -261,13 +324,14 @@ class FakeApiServer:
                 if limit and start + limit < len(items):
                     meta["continue"] = str(start + limit)
                     meta["remainingItemCount"] = len(items) - start - limit
-                    items = items[start:start + limit]
+                    items = items[start : start + limit]
                 else:
                     items = items[start:]
                 self._send(200, {"kind": f"{kind}List", "apiVersion": gv, "metadata": meta, "items": items})
 
             def _watch(self, plural, ns, query):
                 from .store import field_match, label_match  # noqa: PLC0415
+
                 since = int(query.get("resourceVersion") or 0) or server.store.rv
                 deadline = time.monotonic() + min(float(query.get("timeoutSeconds") or 30), 30)
                 self.send_response(200)
@@ -285,8 +349,10 @@ class FakeApiServer:
                             since = rv
                             if ns and obj["metadata"].get("namespace") != ns:
                                 continue
-                            if not (label_match(query.get("labelSelector"), obj["metadata"].get("labels"))
-                                    and field_match(query.get("fieldSelector"), obj)):
+                            if not (
+                                label_match(query.get("labelSelector"), obj["metadata"].get("labels"))
+                                and field_match(query.get("fieldSelector"), obj)
+                            ):
                                 continue
                             line = _dumps({"type": etype, "object": obj}) + b"\n"
                             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")

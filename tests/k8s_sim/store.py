@@ -19,7 +19,7 @@ RESOURCES = {
     ("v1", "pods"): ("Pod", True),
 }
 WORKLOADS = {"deployments", "statefulsets", "daemonsets"}
-BASE_TIME = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+BASE_TIME = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
 class ApiError(Exception):
@@ -28,8 +28,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
     def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
 
 
 def not_found(plural: str, group: str, name: str) -> ApiError:
@@ -123,13 +130,14 @@ def field_match(selector: str | None, obj: dict) -> bool:
         elif key == "metadata.namespace":
             actual = obj["metadata"].get("namespace")
         else:
-            raise ApiError(400, "BadRequest", f'field label not supported: {key}')
+            raise ApiError(400, "BadRequest", f"field label not supported: {key}")
         if (actual == val.strip()) == neg:
             return False
     return True
 
 
 # ---- the store ----------------------------------------------------------------------------
+
 
 class Store:
     """All objects by (plural, namespace, name); every change is an event (for watches)."""
@@ -187,7 +195,9 @@ class Store:
                 meta["namespace"] = ns
             key = (plural, ns or "", name)
             if key in self.objects:
-                raise ApiError(409, "AlreadyExists", f'{plural}.{group_of(gv) or ""} "{name}" already exists'.replace('. "', ' "'))
+                raise ApiError(
+                    409, "AlreadyExists", f'{plural}.{group_of(gv) or ""} "{name}" already exists'.replace('. "', ' "')
+                )
             obj["apiVersion"], obj["kind"] = gv, kind
             meta["uid"] = self._uid()
             meta["creationTimestamp"] = self.now()
@@ -211,8 +221,12 @@ class Store:
             new = copy.deepcopy(new)
             want_rv = (new.get("metadata") or {}).get("resourceVersion")
             if check_rv and want_rv and want_rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": '
-                               "the object has been modified; please apply your changes to the latest version and try again")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {plural} "{name}": '
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
             meta = new.setdefault("metadata", {})
             for fixed in ("uid", "creationTimestamp", "namespace", "name", "generation"):
                 if fixed in old["metadata"]:
@@ -230,8 +244,9 @@ class Store:
             elif plural in WORKLOADS or plural == "replicasets":
                 new["status"] = old.get("status", {})
                 default_workload(plural, new)
-                if (new.get("spec") != old.get("spec")
-                        or (new["metadata"].get("annotations") or {}) != (old["metadata"].get("annotations") or {})):
+                if new.get("spec") != old.get("spec") or (new["metadata"].get("annotations") or {}) != (
+                    old["metadata"].get("annotations") or {}
+                ):
                     new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
             if new == old:
                 return copy.deepcopy(old)
@@ -264,7 +279,10 @@ def default_template(template: dict) -> None:
         c.setdefault("terminationMessagePath", "/dev/termination-log")
         c.setdefault("terminationMessagePolicy", "File")
         image = c.get("image", "")
-        c.setdefault("imagePullPolicy", "Always" if image.endswith(":latest") or ":" not in image.split("/")[-1] else "IfNotPresent")
+        c.setdefault(
+            "imagePullPolicy",
+            "Always" if image.endswith(":latest") or ":" not in image.split("/")[-1] else "IfNotPresent",
+        )
 
 
 def default_workload(plural: str, obj: dict) -> None:

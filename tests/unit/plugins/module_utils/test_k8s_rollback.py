@@ -16,35 +16,52 @@ def tpl(image, hash_=None, **labels):
     labels = dict({"app": "web"}, **labels)
     if hash_:
         labels["pod-template-hash"] = hash_
-    return {"metadata": {"labels": labels, "creationTimestamp": None},
-            "spec": {"containers": [{"name": "web", "image": image, "resources": {}}]}}
+    return {
+        "metadata": {"labels": labels, "creationTimestamp": None},
+        "spec": {"containers": [{"name": "web", "image": image, "resources": {}}]},
+    }
 
 
 def dep(image="web:v2", rev="2", paused=False, annotations=None, **status):
-    ann = {"deployment.kubernetes.io/revision": rev, "kubectl.kubernetes.io/last-applied-configuration": "{lac}",
-           "team": "payments"}
+    ann = {
+        "deployment.kubernetes.io/revision": rev,
+        "kubectl.kubernetes.io/last-applied-configuration": "{lac}",
+        "team": "payments",
+    }
     ann.update(annotations or {})
-    return {"kind": "Deployment", "metadata": {"name": "web", "namespace": "default", "uid": UID, "generation": 5,
-                                               "annotations": ann},
-            "spec": {"replicas": 3, "paused": paused, "selector": {"matchLabels": {"app": "web"}},
-                     "template": tpl(image)},
-            "status": dict({"observedGeneration": 5}, **status)}
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "uid": UID, "generation": 5, "annotations": ann},
+        "spec": {"replicas": 3, "paused": paused, "selector": {"matchLabels": {"app": "web"}}, "template": tpl(image)},
+        "status": dict({"observedGeneration": 5}, **status),
+    }
 
 
 def rs(image, rev, uid=UID, controller=True, created="2026-01-01T00:00:00Z", name=None, annotations=None):
     ann = {} if rev is None else {"deployment.kubernetes.io/revision": str(rev)}
     ann.update(annotations or {})
-    return {"metadata": {"name": name or f"web-{image.split(':')[1]}", "creationTimestamp": created, "annotations": ann,
-                         "ownerReferences": [{"uid": uid, "controller": controller}]},
-            "spec": {"template": tpl(image, hash_="h" + image[-1])}}
+    return {
+        "metadata": {
+            "name": name or f"web-{image.split(':')[1]}",
+            "creationTimestamp": created,
+            "annotations": ann,
+            "ownerReferences": [{"uid": uid, "controller": controller}],
+        },
+        "spec": {"template": tpl(image, hash_="h" + image[-1])},
+    }
 
 
 # ---- history ---------------------------------------------------------------------------------
 
+
 def test_selector_string_is_sorted_like_labels_selector():
-    sel = {"matchLabels": {"tier": "fe", "app": "web"},
-           "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "dr"]},
-                                {"key": "canary", "operator": "DoesNotExist"}]}
+    sel = {
+        "matchLabels": {"tier": "fe", "app": "web"},
+        "matchExpressions": [
+            {"key": "env", "operator": "In", "values": ["prod", "dr"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }
     assert core.selector_string(sel) == "app=web,canary,env in (dr,prod),tier=fe".replace("canary", "!canary")
 
 
@@ -82,25 +99,30 @@ def test_revision_renumbered_by_the_controller_is_found_through_revision_history
 
 def test_ties_follow_kubectls_order_creation_time_then_new_last():
     d = dep(image="web:v3")
-    rss = [rs("web:v2", None, created="2026-01-01T00:02:00Z"), rs("web:v1", None, created="2026-01-01T00:01:00Z"),
-           rs("web:v3", 1, created="2026-01-01T00:03:00Z")]
+    rss = [
+        rs("web:v2", None, created="2026-01-01T00:02:00Z"),
+        rs("web:v1", None, created="2026-01-01T00:01:00Z"),
+        rs("web:v3", 1, created="2026-01-01T00:03:00Z"),
+    ]
     # olds sorted by time (v1, v2), then the new one (v3): previous = the first 0 seen = v1
     assert core.choose_replicaset(d, rss, 0)["metadata"]["name"] == "web-v1"
 
 
 def test_patch_is_kubectls_json_patch_and_keeps_the_deployments_own_annotations():
     d = dep(annotations={"deployment.kubernetes.io/revision-history": "1", "added-later": "x"})
-    target = rs("web:v1", 1, annotations={"team": "old-team", "kubectl.kubernetes.io/last-applied-configuration": "{rs}"})
+    target = rs(
+        "web:v1", 1, annotations={"team": "old-team", "kubectl.kubernetes.io/last-applied-configuration": "{rs}"}
+    )
     patch = core.deployment_patch(d, target)
     assert [op["path"] for op in patch] == ["/spec/template", "/metadata/annotations"]
     assert all(op["op"] == "replace" for op in patch)
     assert "pod-template-hash" not in patch[0]["value"]["metadata"]["labels"]
     assert "pod-template-hash" in target["spec"]["template"]["metadata"]["labels"]  # input untouched
     assert patch[1]["value"] == {
-        "kubectl.kubernetes.io/last-applied-configuration": "{lac}",       # the Deployment's
+        "kubectl.kubernetes.io/last-applied-configuration": "{lac}",  # the Deployment's
         "deployment.kubernetes.io/revision": "2",
         "deployment.kubernetes.io/revision-history": "1",
-        "team": "old-team",                                                 # the ReplicaSet's
+        "team": "old-team",  # the ReplicaSet's
     }
 
 
@@ -114,7 +136,10 @@ def test_template_equality_ignores_hash_and_go_zero_values():
 
 
 def test_controllerrevision_choice_and_match():
-    h = [{"revision": r, "data": {"spec": {"template": dict(tpl(f"db:v{r}"), **{"$patch": "replace"})}}} for r in (3, 1, 2)]
+    h = [
+        {"revision": r, "data": {"spec": {"template": dict(tpl(f"db:v{r}"), **{"$patch": "replace"})}}}
+        for r in (3, 1, 2)
+    ]
     assert core.choose_history(h, 0)["revision"] == 2
     assert core.choose_history(h, 1)["revision"] == 1
     with pytest.raises(RollbackError, match="^no last revision to roll back to$"):
@@ -129,20 +154,54 @@ def test_controllerrevision_choice_and_match():
 
 # ---- rollout status ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status,generation,done,failed,message", [
-    ({"observedGeneration": 4}, 5, False, False, "Waiting for deployment spec update to be observed..."),
-    ({"observedGeneration": 5, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3,
-      "conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]}, 5, False, True,
-     'deployment "web" exceeded its progress deadline'),
-    ({"observedGeneration": 5, "updatedReplicas": 1, "replicas": 4}, 5, False, False,
-     'Waiting for deployment "web" rollout to finish: 1 out of 3 new replicas have been updated...'),
-    ({"observedGeneration": 5, "updatedReplicas": 3, "replicas": 5}, 5, False, False,
-     'Waiting for deployment "web" rollout to finish: 2 old replicas are pending termination...'),
-    ({"observedGeneration": 5, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 2}, 5, False, False,
-     'Waiting for deployment "web" rollout to finish: 2 of 3 updated replicas are available...'),
-    ({"observedGeneration": 5, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3}, 5, True, False,
-     'deployment "web" successfully rolled out'),
-])
+
+@pytest.mark.parametrize(
+    "status,generation,done,failed,message",
+    [
+        ({"observedGeneration": 4}, 5, False, False, "Waiting for deployment spec update to be observed..."),
+        (
+            {
+                "observedGeneration": 5,
+                "updatedReplicas": 3,
+                "replicas": 3,
+                "availableReplicas": 3,
+                "conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}],
+            },
+            5,
+            False,
+            True,
+            'deployment "web" exceeded its progress deadline',
+        ),
+        (
+            {"observedGeneration": 5, "updatedReplicas": 1, "replicas": 4},
+            5,
+            False,
+            False,
+            'Waiting for deployment "web" rollout to finish: 1 out of 3 new replicas have been updated...',
+        ),
+        (
+            {"observedGeneration": 5, "updatedReplicas": 3, "replicas": 5},
+            5,
+            False,
+            False,
+            'Waiting for deployment "web" rollout to finish: 2 old replicas are pending termination...',
+        ),
+        (
+            {"observedGeneration": 5, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 2},
+            5,
+            False,
+            False,
+            'Waiting for deployment "web" rollout to finish: 2 of 3 updated replicas are available...',
+        ),
+        (
+            {"observedGeneration": 5, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3},
+            5,
+            True,
+            False,
+            'deployment "web" successfully rolled out',
+        ),
+    ],
+)
 def test_deployment_status_rules_in_kubectls_order(status, generation, done, failed, message):
     d = dep()
     d["metadata"]["generation"] = generation
@@ -152,16 +211,27 @@ def test_deployment_status_rules_in_kubectls_order(status, generation, done, fai
 
 
 def _ds(**st):
-    return {"metadata": {"name": "agent", "generation": 2}, "spec": {"updateStrategy": {"type": "RollingUpdate"}},
-            "status": dict({"observedGeneration": 2}, **st)}
+    return {
+        "metadata": {"name": "agent", "generation": 2},
+        "spec": {"updateStrategy": {"type": "RollingUpdate"}},
+        "status": dict({"observedGeneration": 2}, **st),
+    }
 
 
 def test_daemonset_status_rules():
-    assert core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=1))["message"] == \
-        'Waiting for daemon set "agent" rollout to finish: 1 out of 2 new pods have been updated...'
-    assert core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=2, numberAvailable=1))["message"] == \
-        'Waiting for daemon set "agent" rollout to finish: 1 of 2 updated pods are available...'
-    assert core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=2, numberAvailable=2))["done"]
+    assert (
+        core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=1))["message"]
+        == 'Waiting for daemon set "agent" rollout to finish: 1 out of 2 new pods have been updated...'
+    )
+    assert (
+        core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=2, numberAvailable=1))[
+            "message"
+        ]
+        == 'Waiting for daemon set "agent" rollout to finish: 1 of 2 updated pods are available...'
+    )
+    assert core.status_verdict("DaemonSet", _ds(desiredNumberScheduled=2, updatedNumberScheduled=2, numberAvailable=2))[
+        "done"
+    ]
     ondelete = _ds()
     ondelete["spec"]["updateStrategy"]["type"] = "OnDelete"
     assert core.status_verdict("DaemonSet", ondelete)["failed"]
@@ -169,33 +239,48 @@ def test_daemonset_status_rules():
 
 def _sts(partition=None, **st):
     ru = {} if partition is None else {"partition": partition}
-    return {"metadata": {"name": "db", "generation": 2},
-            "spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": ru}},
-            "status": dict({"observedGeneration": 2}, **st)}
+    return {
+        "metadata": {"name": "db", "generation": 2},
+        "spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": ru}},
+        "status": dict({"observedGeneration": 2}, **st),
+    }
 
 
 def test_statefulset_status_rules():
-    assert core.status_verdict("StatefulSet", _sts(observedGeneration=0))["message"] == \
-        "Waiting for statefulset spec update to be observed..."
+    assert (
+        core.status_verdict("StatefulSet", _sts(observedGeneration=0))["message"]
+        == "Waiting for statefulset spec update to be observed..."
+    )
     assert core.status_verdict("StatefulSet", _sts(readyReplicas=1))["message"] == "Waiting for 2 pods to be ready..."
-    assert core.status_verdict("StatefulSet", _sts(partition=1, readyReplicas=3, updatedReplicas=1))["message"] == \
-        "Waiting for partitioned roll out to finish: 1 out of 2 new pods have been updated..."
+    assert (
+        core.status_verdict("StatefulSet", _sts(partition=1, readyReplicas=3, updatedReplicas=1))["message"]
+        == "Waiting for partitioned roll out to finish: 1 out of 2 new pods have been updated..."
+    )
     v = core.status_verdict("StatefulSet", _sts(partition=0, readyReplicas=3, updatedReplicas=3))
     assert v["done"] and v["message"] == "partitioned roll out complete: 3 new pods have been updated..."
     no_ru = _sts(readyReplicas=3, currentRevision="a", updateRevision="b", updatedReplicas=1, replicas=3)
     no_ru["spec"]["updateStrategy"].pop("rollingUpdate")
-    assert core.status_verdict("StatefulSet", no_ru)["message"] == \
-        "waiting for statefulset rolling update to complete 1 pods at revision b..."
+    assert (
+        core.status_verdict("StatefulSet", no_ru)["message"]
+        == "waiting for statefulset rolling update to complete 1 pods at revision b..."
+    )
 
 
 # ---- set / restart ---------------------------------------------------------------------------------
+
 
 def test_update_patch_only_what_differs_and_none_when_done():
     d = dep(image="web:v1")
     d["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"}]
     patch = core.update_patch(d, {"web": "web:v2"}, {"A": "1", "B": 2}, None, 5)
-    assert patch == {"spec": {"replicas": 5, "template": {"spec": {"containers": [
-        {"name": "web", "image": "web:v2", "env": [{"name": "B", "value": "2"}]}]}}}}
+    assert patch == {
+        "spec": {
+            "replicas": 5,
+            "template": {
+                "spec": {"containers": [{"name": "web", "image": "web:v2", "env": [{"name": "B", "value": "2"}]}]}
+            },
+        }
+    }
     after = core.apply_strategic(d, patch)
     assert core.update_patch(after, {"web": "web:v2"}, {"A": "1", "B": 2}, None, 5) is None
     with pytest.raises(RollbackError, match="has no container sidecar; its containers are web"):
@@ -203,26 +288,39 @@ def test_update_patch_only_what_differs_and_none_when_done():
 
 
 def test_restart_patch_stamps_the_template():
-    now = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=datetime.timezone.utc)
-    assert core.restart_patch(now) == {"spec": {"template": {"metadata": {"annotations": {
-        "kubectl.kubernetes.io/restartedAt": "2026-03-01T03:00:00Z"}}}}}
+    now = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=datetime.UTC)
+    assert core.restart_patch(now) == {
+        "spec": {
+            "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-03-01T03:00:00Z"}}}
+        }
+    }
 
 
 # ---- kubeconfig exec users ------------------------------------------------------------------------
 
+
 def test_kubeconfig_user_merges_files_first_wins():
-    a = {"current-context": "prod", "contexts": [{"name": "prod", "context": {"user": "eks"}}],
-         "users": [{"name": "eks", "user": {"exec": {"command": "aws", "args": ["eks", "get-token"]}}}]}
-    b = {"current-context": "other", "users": [{"name": "eks", "user": {"token": "x"}}],
-         "contexts": [{"name": "dev", "context": {"user": "dev"}}]}
+    a = {
+        "current-context": "prod",
+        "contexts": [{"name": "prod", "context": {"user": "eks"}}],
+        "users": [{"name": "eks", "user": {"exec": {"command": "aws", "args": ["eks", "get-token"]}}}],
+    }
+    b = {
+        "current-context": "other",
+        "users": [{"name": "eks", "user": {"token": "x"}}],
+        "contexts": [{"name": "dev", "context": {"user": "dev"}}],
+    }
     assert core.kubeconfig_user([a, b], None) == ("eks", {"exec": {"command": "aws", "args": ["eks", "get-token"]}})
     assert core.kubeconfig_user([a, b], "dev") == ("dev", {})
     assert core.kubeconfig_user([{}], None) == (None, {})
-    msg = core.exec_failure_message("eks", {"command": "aws", "args": ["eks", "get-token"]}, "exit status 255:\n no creds")
+    msg = core.exec_failure_message(
+        "eks", {"command": "aws", "args": ["eks", "get-token"]}, "exit status 255:\n no creds"
+    )
     assert "`aws eks get-token`" in msg and "exit status 255: no creds" in msg and "aws sts get-caller-identity" in msg
 
 
 # ---- orchestration with an in-memory client ---------------------------------------------------------
+
 
 class FakeClient:
     def __init__(self, obj, history, statuses=None):
@@ -295,7 +393,7 @@ def test_wait_fails_fast_on_deadline_and_times_out_otherwise():
     stuck = dict(DONE, availableReplicas=0)
     deadline = dict(stuck, conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}])
     client = FakeClient(dep(), [rs("web:v1", 1), rs("web:v2", 2)], statuses=[stuck, stuck, deadline])
-    with pytest.raises(RollbackError, match='exceeded its progress deadline') as exc:
+    with pytest.raises(RollbackError, match="exceeded its progress deadline") as exc:
         _rollout(client).undo()
     assert exc.value.result["changed"] and exc.value.result["rollout"]["failed"]
     client = FakeClient(dep(), [rs("web:v1", 1), rs("web:v2", 2)], statuses=[stuck] * 100)

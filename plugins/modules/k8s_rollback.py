@@ -399,7 +399,7 @@ def _exec_plugin_failure(module, api) -> str | None:
     configs = []
     for path in paths:
         try:
-            with open(os.path.expanduser(path)) as fh:
+            with open(path) as fh:  # kubeconfig is type=path; the default paths are expanded
                 configs.append(yaml.safe_load(fh))
         except (OSError, yaml.YAMLError):
             continue

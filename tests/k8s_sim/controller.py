@@ -191,7 +191,10 @@ class Controller:
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
         all_rs = ([new] if new else []) + olds
         replicas = d["spec"].get("replicas", 1)
-        st = lambda rs, k: (rs.get("status") or {}).get(k, 0)  # noqa: E731
+
+        def st(rs, k):
+            return (rs.get("status") or {}).get(k, 0)
+
         status = {
             "observedGeneration": d["metadata"]["generation"],
             "replicas": sum(rs["spec"].get("replicas", 0) for rs in all_rs),

@@ -11,6 +11,7 @@ keys, which is also how Go serialises a ControllerRevision's data.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -32,6 +33,15 @@ VERSION = {
     "platform": "linux/amd64",
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # a client (kubectl) closing a watch mid-stream is normal; anything else is reported
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 def _dumps(obj) -> bytes:
@@ -96,8 +106,7 @@ class FakeApiServer:
         self.requests: list[tuple[str, str, str]] = []  # (method, path+query, content-type)
         self.patches: list[tuple[str, str, object]] = []  # (path, content-type, body) of every PATCH
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._threads: list[threading.Thread] = []

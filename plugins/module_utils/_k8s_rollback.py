@@ -426,7 +426,8 @@ def update_patch(
 
 def restart_patch(now: datetime.datetime) -> dict:
     """kubectl rollout restart: stamp the pod template so every pod is replaced."""
-    stamp = now.astimezone(datetime.timezone.utc)  # noqa: UP017 (targets may run Python < 3.11).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = datetime.timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11; targets may be older)
+    stamp = now.astimezone(utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bench: one rollback decision + status read, k8s_rollback vs the runbook's kubectl commands.
 
 Against the SIMULATED cluster of the tests (tests/k8s_sim, manual controller ticks), each round

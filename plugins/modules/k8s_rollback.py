@@ -19,6 +19,10 @@ description:
   - O(to_revision=0) is the previous (second-highest) revision. Note that a second plain undo goes
     back to the bad version (the rolled-back ReplicaSet gets a new, highest revision); give
     O(to_revision) for a repeatable, idempotent rollback.
+  - One deliberate difference from kubectl - after a rollback to revision N the controller renumbers
+    that ReplicaSet and records N in its C(deployment.kubernetes.io/revision-history); where kubectl
+    then says revision N is not in the history, this module finds it there (and skips when it is
+    the running template), so repeating a rollback to N is idempotent.
   - When the target revision's pod template already equals the current one (ignoring
     C(pod-template-hash)), nothing is sent and the result is C(changed=false, skipped=true).
   - A Deployment is restored with the single JSON Patch kubectl sends, replacing
@@ -200,6 +204,23 @@ to_revision:
   returned: with O(action=undo), when a target revision was found
   type: int
   sample: 2
+target_revision:
+  description: Current number of the restored revision. Equals RV(to_revision), except for a Deployment
+    ReplicaSet the controller renumbered after an earlier rollback (found through its
+    C(deployment.kubernetes.io/revision-history)).
+  returned: with O(action=undo) on a Deployment, when a target revision was found
+  type: int
+  sample: 3
+name:
+  description: Name of the workload.
+  returned: always
+  type: str
+  sample: liquid-abt-app
+namespace:
+  description: Namespace of the workload.
+  returned: always
+  type: str
+  sample: liquid-abt-production
 revision_after:
   description: Deployment revision once the rollout completed (the controller gives the restored
     ReplicaSet a new, highest revision).
@@ -395,6 +416,12 @@ def _exec_plugin_failure(module, api) -> str | None:
     if any((cfg.api_key or {}).values()) or cfg.cert_file:
         return None
     env = dict(os.environ)
+    try:
+        plan = auth_plan(params, env, any(os.path.exists(x) for x in default_kubeconfig_paths(env)))
+    except K8sConnectionError:
+        return None
+    if plan["source"] != "kubeconfig":
+        return None
     paths = [params["kubeconfig"]] if params.get("kubeconfig") else default_kubeconfig_paths(env)
     configs = []
     for path in paths:
@@ -446,7 +473,8 @@ def main():
         required_if=[("action", "set", ("images", "env", "replicas"), True)],
     )
     p = module.params
-    result = {"changed": False, "skipped": False, "kind": p["kind"], "duration_s": 0.0}
+    result = {"changed": False, "skipped": False, "kind": p["kind"], "name": p["name"], "namespace": p["namespace"],
+              "duration_s": 0.0}
     if p["to_revision"] < 0:
         module.fail_json(
             msg=f"{revision_not_found(p['to_revision'])}: to_revision must be 0 (the previous "

@@ -277,6 +277,22 @@ def test_status_messages_spec_not_observed_and_deadline(twin):
     follow_rollout(twin, "deployments", "web")
 
 
+def test_documented_divergence_renumbered_revision(twin):
+    """The one deliberate difference: after `undo --to-revision=1` the controller renumbers that
+    ReplicaSet (1 -> 3, revision-history "1"). kubectl then says revision 1 is gone; the module
+    finds it through revision-history and skips, so a repeated rollback to 1 is idempotent."""
+    twin.both(deployment)
+    twin.both(rollout, "deployments", "web", "web:v2")
+    assert_same_undo(twin, "deployments", "web", 1, expect="rolled back")
+    follow_rollout(twin, "deployments", "web")
+    proc = twin.kubectl("rollout", "undo", "deployment/web", "--to-revision=1")
+    ok, res = twin.module("deployments", "web", to_revision=1)
+    assert proc.returncode == 1 and "unable to find specified revision 1 in history" in proc.stderr
+    assert ok and res["skipped"] and not res["changed"] and res["target_revision"] == 3
+    assert res["msg"] == "skipped rollback (current template already matches revision 1)"
+    twin.same_state()
+
+
 # ---- StatefulSets and DaemonSets ----------------------------------------------------------------
 
 

@@ -7,9 +7,12 @@ The `pg_lab` fixture is only used because bringing a lab part up writes the lab 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -95,6 +98,47 @@ def test_failed_rollout_is_rolled_back_automatically(cluster, venv_bin, ansible_
     assert image(cluster) == f"{REPOSITORY}:v1"
     d = cluster.get("deployments", APP, NS)
     assert d["status"]["availableReplicas"] == 2 and d["status"]["updatedReplicas"] == 2
+
+
+@pytest.fixture
+def health():
+    """A health URL whose answer the test sets: (HTTP status, JSON body)."""
+    state = {"answer": (200, {"status": "healthy"}), "hits": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            state["hits"] += 1
+            code, body = state["answer"]
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}/api/health"
+    yield state
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_failed_health_check_after_a_good_rollout_rolls_back(cluster, health, venv_bin, ansible_env):
+    deploy = REPO / "playbooks" / "deploy.yml"
+    url = f"deploy_health_url={health['url']}"
+    ok = playbook(venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v2", "-e", url)
+    assert ok.returncode == 0 and image(cluster) == f"{REPOSITORY}:v2" and health["hits"] >= 1, ok.stdout
+    health["answer"] = (200, {"status": "degraded"})  # v3 rolls out fine but the app says it is not healthy
+    bad = playbook(venv_bin, ansible_env, cluster, deploy, "-e", "deploy_version=v3", "-e", url,
+                   "-e", "deploy_health_timeout=1")
+    assert bad.returncode == 2, bad.stdout
+    assert f"Deploying {REPOSITORY}:v3 to {NS}/{APP} failed" in bad.text
+    assert f"Rolled back to revision 2 ({REPOSITORY}:v2)" in bad.text
+    assert image(cluster) == f"{REPOSITORY}:v2"
 
 
 def test_rollback_playbook_goes_to_the_previous_revision(cluster, venv_bin, ansible_env):

@@ -56,9 +56,13 @@ attributes:
   idempotent:
     support: partial
     details:
-      - With an explicit O(to_revision), a second run finds the template already restored and
-        reports no change. O(to_revision=0) is "the previous revision", which moves after each
+      - Deployment with an explicit O(to_revision) - a second run finds the template already restored
+        and reports no change. O(to_revision=0) is "the previous revision", which moves after each
         rollback, exactly like C(kubectl rollout undo).
+      - StatefulSet and DaemonSet - the controller renumbers a restored ControllerRevision and keeps
+        no trace of its old number, so repeating O(to_revision=N) fails like kubectl
+        (C(unable to find specified revision N)); repeat with the new number (RV(from_revision) of a
+        run with O(action=status)), which reports no change.
       - O(action=set) is idempotent; O(action=restart) always restarts (that is its purpose);
         O(action=status) never changes anything.
 options:
@@ -337,9 +341,10 @@ PATCH_TYPES = {
 class ApiClientWrapper:
     """The client the core expects, over kubernetes.client.ApiClient (raw JSON, no models)."""
 
-    def __init__(self, api, timeout: float = 30):
+    def __init__(self, api, timeout: float = 30, page_size: int = 500):
         self.api = api
         self.timeout = timeout
+        self.page_size = page_size
 
     def _call(self, method: str, path: str, query=None, body=None, content_type: str | None = None):
         headers = {"Accept": "application/json"}
@@ -391,7 +396,7 @@ class ApiClientWrapper:
     def list(self, kind, namespace, label_selector):
         items, token = [], None
         while True:
-            query = {"labelSelector": label_selector, "limit": 500}
+            query = {"labelSelector": label_selector, "limit": self.page_size}
             if token:
                 query["continue"] = token
             page = self._call("GET", resource_path(kind, namespace), query)

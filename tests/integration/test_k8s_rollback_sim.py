@@ -93,3 +93,21 @@ def test_apiserver_and_controller_rules():
         assert (
             rss["web:v1"]["metadata"]["ownerReferences"][0]["uid"] == srv.get("deployments", "web")["metadata"]["uid"]
         )
+
+
+def test_module_client_follows_continue_tokens(tmp_path):
+    from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import connect  # noqa: PLC0415
+    from ansible_collections.ops.runbooks.plugins.modules.k8s_rollback import ApiClientWrapper  # noqa: PLC0415
+
+    from tests.k8s_sim import write_kubeconfig  # noqa: PLC0415
+
+    with FakeApiServer(seed="pages") as srv:
+        deployment(srv)
+        for v in ("v2", "v3", "v4"):
+            rollout(srv, "deployments", "web", f"web:{v}")
+        kc = write_kubeconfig(tmp_path / "kc", srv.url, token="t")
+        params = dict.fromkeys(("context", "host", "api_key", "validate_certs", "ca_cert", "client_cert", "client_key"))
+        client = ApiClientWrapper(connect(dict(params, kubeconfig=str(kc))), page_size=1)
+        items = client.list("ReplicaSet", "default", "app=web")
+        assert len(items) == 4
+        assert sum("continue=" in path for _m, path, _c in srv.requests) == 3

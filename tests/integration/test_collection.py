@@ -46,16 +46,6 @@ def _play(tmp_path, role_vars: str) -> Path:
     return play
 
 
-@pytest.mark.parametrize("platform,extra", [
-    ("eks", "deploy_image: local/httpapp\ndeploy_version: v2"),
-])
-def test_deploy_platforms_not_built_yet_say_so_after_preflight(platform, extra, tmp_path, venv_bin, ansible_env):
-    play = _play(tmp_path, f"deploy_platform: {platform}\ndeploy_app_name: opslab-app\n{extra}\n")
-    proc = _run([str(venv_bin / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)], ansible_env)
-    assert proc.returncode == 2, proc.stdout
-    assert f"deploy_platform={platform} is not implemented yet" in proc.stdout
-
-
 @pytest.mark.parametrize("role_vars,message", [
     ("deploy_platform: lambda\ndeploy_app_name: opslab-app", "value of deploy_platform must be one of"),
     ("deploy_platform: droplet\ndeploy_app_name: Bad_Name!\ndeploy_version: v1", "deploy_app_name must be"),

@@ -101,7 +101,10 @@ def down(parts=None, quiet: bool = False) -> None:
         state = core.load_state()
         everything = not parts
         expand(parts or [])  # rejects unknown names; `down` stops exactly the parts named
-        targets = list(PARTS) if everything else [p for p in PARTS if p in parts]
+        # A whole-lab `down` stops the parts this lab's state says it started, nothing else:
+        # the parts' label-based clean-ups would otherwise reach into another lab on the same
+        # Docker engine (a test's private lab must not stop the shared one's containers).
+        targets = [p for p in PARTS if p in state] if everything else [p for p in PARTS if p in parts]
         stopped = {}
         for part in reversed(targets):
             started = time.monotonic()

@@ -24,7 +24,15 @@ def _lab(base, *args, check=True):
                           capture_output=True, text=True, check=check, timeout=600)
 
 
-def test_up_twice_then_down_leaves_nothing():
+def _compose_containers(project: str) -> list[str]:
+    return subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_up_twice_then_down_leaves_nothing(compose_lab, droplets_lab):
+    shared = {"compose": _compose_containers(compose_lab["project_name"]),
+              "droplets": [host["container"] for host in droplets_lab["hosts"]]}
+    assert shared["compose"] and shared["droplets"]
     # not pytest's tmp_path: PostgreSQL runs as `postgres` and needs every parent traversable
     tmp_path = Path(tempfile.mkdtemp(prefix="ops-lab-lifecycle-"))
     tmp_path.chmod(0o755)
@@ -48,3 +56,9 @@ def test_up_twice_then_down_leaves_nothing():
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert str(lab_dir) not in ps
     shutil.rmtree(tmp_path)
+
+    # the private lab's `down` left the shared lab's containers alone
+    assert _compose_containers(compose_lab["project_name"]) == shared["compose"]
+    running = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert set(shared["droplets"]) <= set(running), running

@@ -241,8 +241,8 @@ notes:
     restore target. Plain SQL dumps are fed to C(psql -v ON_ERROR_STOP=1) and must not need missing roles.
   - Passwords reach C(pg_restore)/C(psql) through E(PGPASSWORD) in their environment, never on a command line.
   - Interruptions. On SIGTERM or SIGINT (Ctrl-C, a killed job) the module stops C(pg_restore) and drops the
-    scratch database at once. With the task keyword C(timeout), Ansible stops waiting but does not signal the
-    module, which runs to its end and drops the scratch database itself. After a SIGKILL the next run drops it
+    scratch database at once. With the task keyword C(timeout), Ansible stops waiting; a module that is already
+    restoring goes on to its end and drops the scratch database itself. After a SIGKILL the next run drops it
     (O(cleanup_stale)).
 requirements:
   - boto3 (only for O(rds))

@@ -293,8 +293,7 @@ def test_pg_backup_sigterm_mid_dump_leaves_no_partial(primary, big_source, env, 
 
 
 def test_ansible_task_timeout_leaves_nothing_behind(primary, big_backup, venv_bin, ansible_env):
-    """With the task keyword `timeout`, Ansible stops waiting but does not signal the module: it
-    runs to its end and drops its own scratch database (measured, not assumed)."""
+    """With the task keyword `timeout`, Ansible stops waiting; no scratch database is left behind."""
     prefix = unique("tmo").replace("i5_tmo", "i5t") + "_"
     play = f"""
 - name: Verify with a task timeout shorter than the restore
@@ -312,8 +311,14 @@ def test_ansible_task_timeout_leaves_nothing_behind(primary, big_backup, venv_bi
 """
     proc = playbook(venv_bin, ansible_env, play)
     assert proc.returncode == 2 and "Timed out after 2 second" in proc.stdout, proc.stdout[-2000:]
-    # the module is still restoring (a 2 s timeout cannot cover start-up + CREATE + a ~60 MB restore)
-    assert len(leftovers(primary, prefix)) == 1
+    # After the timeout the module either runs to its end and drops its scratch database (seen
+    # on a warm lab) or never gets as far as creating it (seen right after `lab up`): either way
+    # nothing may be left once it is done.
+    # First give a still-running module time to create its scratch database, then wait for it
+    # to go.
+    deadline = time.monotonic() + 30
+    while not leftovers(primary, prefix) and time.monotonic() < deadline:
+        time.sleep(0.2)
     deadline = time.monotonic() + 120
     while leftovers(primary, prefix) and time.monotonic() < deadline:
         time.sleep(0.5)

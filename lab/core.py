@@ -12,6 +12,7 @@ this package with three functions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,6 +35,22 @@ HOST = "127.0.0.1"
 
 class LabError(Exception):
     """A lab part could not be started or stopped; the message says what to do."""
+
+
+def collection_path() -> Path:
+    """A folder in which this checkout is `ansible_collections/ops/runbooks` (a symlink), for
+    sys.path and ANSIBLE_COLLECTIONS_PATH: one per checkout (OPS_TEST_COLLECTIONS overrides),
+    made or repaired on first use. The tests and the benchmarks share it."""
+    base = Path(os.environ.get(
+        "OPS_TEST_COLLECTIONS",
+        f"/tmp/ops-runbooks-pythonpath-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}",
+    ))
+    link = base / "ansible_collections" / "ops" / "runbooks"
+    if not link.exists() or link.resolve() != REPO:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(REPO)
+    return base
 
 
 def run(cmd, check=True, env=None, cwd=None, input=None, timeout=600, user=None):

@@ -7,7 +7,6 @@ pytest-xdist workers share one lab) and never stop them: `python -m lab down` (r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -19,18 +18,10 @@ sys.path.insert(0, str(REPO))
 
 # Tests import the collection as `ansible_collections.ops.runbooks...`: expose this checkout
 # under that name through a symlink in a temp dir (no symlink inside the checkout).
-_COLLECTIONS = Path(os.environ.get(
-    "OPS_TEST_COLLECTIONS",
-    f"/tmp/ops-runbooks-pythonpath-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}",  # one per checkout
-))
-_LINK = _COLLECTIONS / "ansible_collections" / "ops" / "runbooks"
-if not _LINK.exists() or _LINK.resolve() != REPO:
-    _LINK.parent.mkdir(parents=True, exist_ok=True)
-    _LINK.unlink(missing_ok=True)
-    _LINK.symlink_to(REPO)
-sys.path.insert(0, str(_COLLECTIONS))
+from lab import control, core  # noqa: E402  (needs the path above)
 
-from lab import control  # noqa: E402  (needs the path above)
+_COLLECTIONS = core.collection_path()
+sys.path.insert(0, str(_COLLECTIONS))
 
 
 def _part(name: str) -> dict:

@@ -86,13 +86,6 @@ INSERT INTO blobs SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, {n_
     return int(server.psql(f"SELECT pg_database_size('{db}')"))
 
 
-def collections_path(tmp: Path) -> str:
-    link = tmp / "pp" / "ansible_collections" / "ops" / "runbooks"
-    link.parent.mkdir(parents=True)
-    link.symlink_to(REPO)
-    return str(tmp / "pp")
-
-
 def run_module(pp: str, name: str, args: dict) -> tuple[float, dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
@@ -131,7 +124,7 @@ def main():
     rows = []
     try:
         server.start()
-        pp = collections_path(tmp)
+        pp = str(core.collection_path())
         conn = {"login_host": "127.0.0.1", "login_port": server.port, "login_user": "postgres"}
         t0 = time.monotonic()
         size = fill(server, "benchsrc", a.size_mb)

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from lab import images  # noqa: E402
+from lab.core import collection_path  # noqa: E402
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -139,10 +140,7 @@ def main() -> int:
     venv_bin = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="cr7-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        coll = tmp / "collections" / "ansible_collections" / "ops"
-        coll.mkdir(parents=True)
-        (coll / "runbooks").symlink_to(REPO)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp / "collections"), ANSIBLE_NOCOLOR="1")
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_path()), ANSIBLE_NOCOLOR="1")
         name = f"cr7bench-{uuid.uuid4().hex[:6]}"
         project_dir = tmp / name
         project_dir.mkdir()

@@ -11,7 +11,6 @@ Run: .venv/bin/python bench/k8s_rollback/run.py [rounds]   (not collected by pyt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,10 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-LINK = Path(tempfile.gettempdir()) / f"ops-bench-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
-(LINK / "ansible_collections" / "ops").mkdir(parents=True, exist_ok=True)
-if not (LINK / "ansible_collections" / "ops" / "runbooks").exists():
-    (LINK / "ansible_collections" / "ops" / "runbooks").symlink_to(REPO)
+from lab.core import collection_path  # noqa: E402
+
+LINK = collection_path()
 sys.path.insert(0, str(LINK))
 
 from ansible_collections.ops.runbooks.plugins.module_utils._k8s_client import connect  # noqa: E402

@@ -10,7 +10,6 @@ Prints the median of N repetitions of each side and the ratio. Not collected by 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -20,13 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LINKS = Path(f"/tmp/ops-runbooks-bench-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}")  # noqa: S108
-_link = LINKS / "ansible_collections" / "ops" / "runbooks"
-if not _link.exists() or _link.resolve() != REPO:
-    _link.parent.mkdir(parents=True, exist_ok=True)
-    _link.unlink(missing_ok=True)
-    _link.symlink_to(REPO)
-sys.path.insert(0, str(LINKS))
+sys.path.insert(0, str(REPO))
+from lab.core import collection_path  # noqa: E402
+
+sys.path.insert(0, str(collection_path()))
 
 from ansible_collections.ops.runbooks.plugins.module_utils import _pg_health as core  # noqa: E402
 from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (  # noqa: E402

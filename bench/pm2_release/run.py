@@ -20,12 +20,10 @@ measured on a shared, busy machine are noisy.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -34,15 +32,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-_DIGEST = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]  # the same path tests/conftest.py uses
-_COLLECTIONS = Path(tempfile.gettempdir()) / f"ops-runbooks-pythonpath-{_DIGEST}"
-_LINK = _COLLECTIONS / "ansible_collections" / "ops" / "runbooks"
-if not _LINK.exists() or _LINK.resolve() != REPO:
-    _LINK.parent.mkdir(parents=True, exist_ok=True)
-    _LINK.unlink(missing_ok=True)
-    _LINK.symlink_to(REPO)
-
 from lab import control, droplets  # noqa: E402
+from lab.core import collection_path  # noqa: E402
+
+_COLLECTIONS = collection_path()
 
 BASE = "/var/www/opslab-app"
 APP = "opslab-app"

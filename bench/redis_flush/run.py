@@ -26,7 +26,6 @@ noisy: each figure is the median of --repeat runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import os
@@ -40,13 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-_DIGEST = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]  # the same path tests/conftest.py uses
-_COLLECTIONS = Path(tempfile.gettempdir()) / f"ops-runbooks-pythonpath-{_DIGEST}"
-_LINK = _COLLECTIONS / "ansible_collections" / "ops" / "runbooks"
-if not _LINK.exists() or _LINK.resolve() != REPO:
-    _LINK.parent.mkdir(parents=True, exist_ok=True)
-    _LINK.unlink(missing_ok=True)
-    _LINK.symlink_to(REPO)
+from lab.core import collection_path  # noqa: E402
+
+_COLLECTIONS = collection_path()
 sys.path.insert(0, str(_COLLECTIONS))
 
 import redis  # noqa: E402

@@ -216,6 +216,9 @@ class Controller:
         if d["spec"].get("paused"):
             prog = ("Unknown", "DeploymentPaused", "Deployment is paused")
         elif complete:
+            # like the real controller: a finished rollout has no deadline running; the next
+            # change (a scale, a new template) starts a fresh one
+            self.last_progress[key] = self.store.clock
             prog = (
                 "True",
                 "NewReplicaSetAvailable",

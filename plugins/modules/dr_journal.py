@@ -112,6 +112,7 @@ notes:
     runs over SSH, for example), the owner pid is unknown and the lock is held until O(stale_after) or until
     the journal is removed; RV(owner_detection) says so.
   - A journal that is not valid JSON is never overwritten; the task fails naming the file.
+  - The journal is plain JSON on disk (mode C(0600)); keep secrets out of O(data).
 seealso:
   - module: ops.runbooks.backup_verify
 """

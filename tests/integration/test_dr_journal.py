@@ -193,6 +193,7 @@ HAPPY = """
     - name: Step done
       ops.runbooks.dr_journal: {path: "{{ j }}", run_id: "{{ run_id }}", state: updated, step: restore,
                                 step_status: done, step_msg: restored}
+      diff: true
       register: step_done
     - name: Journal file mode
       ansible.builtin.stat: {path: "{{ j }}"}
@@ -248,6 +249,10 @@ def test_happy_path_check_mode_equals_real_and_idempotent(venv_bin, env, work):
     done = res["step_done"]["journal"]["steps"]["restore"]
     assert done["status"] == "done" and done["seconds"] >= 0 and done["msg"] == "restored"
     assert res["step_done"]["journal"]["data"] == {"a": 1, "db": "app_dr_1"}
+    diff = res["step_done"]["diff"]
+    assert diff["before"]["steps"]["restore"]["status"] == "started"
+    assert diff["after"] == res["step_done"]["journal"]
+    assert "diff" not in res["step_started"]  # only with --diff / diff: true
     assert res["journal_mode"] == "0600" and res["dir_mode"] == "0700"
     # release
     assert res["release_check"]["changed"] is res["release"]["changed"] is True and res["after_check"] is True

@@ -34,7 +34,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Nothing is written; the result (RV(changed), RV(resumed), RV(journal) as it would be) is the same as a
+      - Nothing is written; the result (C(changed), RV(resumed), RV(journal) as it would be) is the same as a
         real run's, and a run that would be refused fails the same way.
   diff_mode:
     support: full

@@ -479,7 +479,7 @@ def test_bad_input_table(venv_bin, env, work):
         before = {p: p.read_bytes() for p in (corrupt, foreign)}
         listing = sorted(os.listdir(work))
         proc, results = run_play(venv_bin, env, work, "bad", BAD,
-                                 "-e", json.dumps({"cases": [dict(args, name=name) for name, args, _ in cases]}))
+                                 "-e", json.dumps({"cases": [dict(args, name=name) for name, args, _expect in cases]}))
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert os.listdir(ro) == []
     assert len(results) == len(cases)

@@ -94,7 +94,7 @@ def find_owner(system, start_pid: int) -> dict:
     Returns {"pid", "kind", "start_ticks", "detection"}; pid None when no such ancestor exists."""
     chain = []
     pid = start_pid
-    for _ in range(MAX_WALK):
+    for _step in range(MAX_WALK):
         if not pid or pid <= 1:
             break
         chain.append((pid, system.cmdline(pid)))

@@ -34,7 +34,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Nothing is written; the result (RV(changed), RV(resumed), RV(journal) as it would be) is the same as a
+      - Nothing is written; the result (C(changed), RV(resumed), RV(journal) as it would be) is the same as a
         real run's, and a run that would be refused fails the same way.
   diff_mode:
     support: full
@@ -112,6 +112,7 @@ notes:
     runs over SSH, for example), the owner pid is unknown and the lock is held until O(stale_after) or until
     the journal is removed; RV(owner_detection) says so.
   - A journal that is not valid JSON is never overwritten; the task fails naming the file.
+  - The journal is plain JSON on disk (mode C(0600)); keep secrets out of O(data).
 seealso:
   - module: ops.runbooks.backup_verify
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import multiprocessing
 import os
 from contextlib import contextmanager
 
@@ -202,8 +203,8 @@ def test_check_mode_writes_nothing_and_predicts_the_same():
     check = dj.run(params(), check_sys, check_mode=True)
     real = dj.run(params(), real_sys)
     assert check_sys.files == {} and "/var/lib/dr" not in check_sys.dirs
-    assert (check["changed"], check["action"], check["journal"]) == (real["changed"], real["action"],
-                                                                       real["journal"])
+    for key in ("changed", "action", "journal"):
+        assert check[key] == real[key], key
 
 
 def test_live_owner_refuses_with_who_and_what_to_do():
@@ -370,7 +371,7 @@ def test_update_check_mode_equals_real():
     check = dj.run(params(state="updated", step="s", step_status="started", data={"k": 1}), system, check_mode=True)
     assert system.files == before
     real = dj.run(params(state="updated", step="s", step_status="started", data={"k": 1}), system)
-    assert check["changed"] == real["changed"] is True and check["journal"] == real["journal"]
+    assert check["changed"] is True and real["changed"] is True and check["journal"] == real["journal"]
 
 
 def test_update_by_another_run_is_refused():
@@ -504,3 +505,29 @@ def test_local_system_round_trip(tmp_path):
         assert system.cmdline(os.getpid()) == [a.decode() for a in handle.read().split(b"\0") if a]
     assert isinstance(system.start_ticks(os.getpid()), int)
     assert system.cmdline(2**22 + 1) is None and system.pid_alive(2**22 + 1) is False
+
+
+def _race(path, run_id, queue):
+    try:
+        res = dj.run(params(path=path, run_id=run_id), dj.LocalSystem())
+        queue.put((run_id, "won" if res["action"] == "acquired" else res["action"]))
+    except JournalError as exc:
+        queue.put((run_id, exc.msg))
+
+
+def test_local_system_concurrent_acquires_have_one_winner(tmp_path):
+    path = str(tmp_path / "race" / "j.json")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(path, f"run-{n}", queue)) for n in range(8)]
+    for proc in procs:
+        proc.start()
+    outcomes = dict(queue.get(timeout=60) for _proc in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    winners = [run_id for run_id, what in outcomes.items() if what == "won"]
+    assert len(winners) == 1, outcomes
+    assert all(what.startswith("another DR run is in progress") for run_id, what in outcomes.items()
+               if run_id not in winners), outcomes
+    assert json.loads(open(path, encoding="utf-8").read())["run_id"] == winners[0]
+    assert os.listdir(tmp_path / "race") == ["j.json"]

@@ -220,7 +220,7 @@ def test_max_data_loss_refuses_then_force_promotes_and_replays_the_paused_wal(ve
 
 def test_fence_unreachable_and_standby_are_not_failures(venv_bin, ansible_env, dbpair):
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(login_port=closed_port()),
-                                                         action="fence"))
+                                                        action="fence"))
     assert rc == 0, out[-3000:]
     assert result["changed"] is False and result["reachable"] is False and result["fenced"] is False
     assert "could not be reached" in result["msg"] and "make sure it stays down" in result["msg"]
@@ -285,18 +285,18 @@ def test_rename_without_sessions_and_its_refusals(venv_bin, ansible_env, dbpair,
     with dbpair.primary.connect() as conn:
         conn.execute(f'CREATE DATABASE "{other}"')
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(), action="rename", name=dbname,
-                                                         new_name=other))
+                                                        new_name=other))
     assert rc != 0, out[-3000:]
     assert f"'{other}' already exists" in result["msg"] and "nothing was changed" in result["msg"]
     assert exists(dbpair.primary, dbname) and exists(dbpair.primary, other)
 
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(login_db=dbname), action="rename",
-                                                         name=dbname, new_name=f"{dbname}_old"))
+                                                        name=dbname, new_name=f"{dbname}_old"))
     assert rc != 0, out[-3000:]
     assert "the module is connected to it; set login_db to another database" in result["msg"]
 
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(), action="rename", name=dbname,
-                                                         new_name=f"{dbname}_old"))
+                                                        new_name=f"{dbname}_old"))
     assert rc == 0, out[-3000:]
     assert result["changed"] is True and result["terminated"] == 0 and result["actions"] == ["rename"]
     assert exists(dbpair.primary, f"{dbname}_old")

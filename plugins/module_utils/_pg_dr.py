@@ -87,7 +87,7 @@ def parse_lsn(text) -> int | None:
     """`'16/B374D848'` -> byte position; None stays None."""
     if text is None:
         return None
-    high, _, low = str(text).partition("/")
+    high, low = str(text).split("/", 1)
     return (int(high, 16) << 32) + int(low, 16)
 
 

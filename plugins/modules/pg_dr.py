@@ -238,7 +238,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 in_recovery:
-  description: Whether the server is a standby (V(info), V(fence), V(promote): after the promotion).
+  description: Whether the server is a standby (for V(promote), after the promotion; predicted in check mode).
   returned: action is info, promote or fence and the server was reached
   type: bool
   sample: false
@@ -326,11 +326,40 @@ max_data_loss_seconds:
   returned: action is promote and the server was a standby
   type: float
 old_primary:
-  description: What was found at O(old_primary) - C(target) (user@host:port/db), C(reachable), C(refused_login),
-    C(error) (when not reachable), C(in_recovery), C(read_only), C(lsn) (its WAL position) and
-    C(unreceived_bytes) (WAL it has that the standby never received).
+  description: What was found at O(old_primary); null when O(old_primary) was not given.
   returned: action is promote and the server was a standby
   type: dict
+  contains:
+    target:
+      description: host:port of the old primary.
+      type: str
+      sample: 10.0.0.5:5432
+    reachable:
+      description: It answered and the login worked.
+      type: bool
+    refused_login:
+      description: It answered but refused the login (so it is alive and could not be checked).
+      type: bool
+    error:
+      description: The connection error, when not reachable.
+      type: str
+      returned: when not reachable
+    in_recovery:
+      description: It is a standby.
+      type: bool
+      returned: when reachable
+    read_only:
+      description: It is fenced (C(default_transaction_read_only) on).
+      type: bool
+      returned: when reachable
+    lsn:
+      description: Its current WAL position (null when it is in recovery).
+      type: str
+      returned: when reachable
+    unreceived_bytes:
+      description: WAL it has that the standby never received (0 after a clean fence).
+      type: int
+      returned: when reachable and not in recovery
 forced:
   description: The guards that refused and were overridden by O(force=true).
   returned: action is promote and the server was a standby

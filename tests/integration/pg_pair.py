@@ -197,5 +197,6 @@ def private_pair(prefix: str = "pgpair", dbname: str = "postgres"):
         for node in reversed(nodes):
             with contextlib.suppress(Exception):
                 node.stop("immediate")
-        labcore.kill_pid(*[p for node in nodes for p in node.pids])
+        # only postmasters still running from our data dirs (a stopped server's pid may be reused)
+        labcore.kill_pid(*[p for node in nodes for p in node.pids if str(node.data_dir) in labcore.cmdline(p)])
         shutil.rmtree(base, ignore_errors=True)

@@ -459,5 +459,5 @@ def test_space_default_tablespace_reads_the_data_directory():
             if "data_directory" in sql:
                 return [{"d": os.sep}]
             return super().rows(sql, params)
-    result = core.space(lambda: TsClient(), opts(action="space"))
+    result = core.space(TsClient, opts(action="space"))
     assert result["path"] == os.sep and result["tablespace"] == "pg_default"

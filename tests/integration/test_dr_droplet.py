@@ -252,3 +252,59 @@ def test_restore_switches_the_app_and_keeps_the_old_db_renamed(site):
     # writes go to the restored database now
     status, _ = h.http_json(site["url"] + "/api/orders", "POST", {"amount": 3})
     assert status == 201 and h.counts(site["pg"], new)["orders"] == before["orders"] + 1
+
+
+def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_app(site, redis_lab):
+    from pg_pair import private_pair
+
+    with private_pair(prefix="drpromote") as pair:
+        pair.wait_streaming()
+        primary = {"host": pair.primary.host, "port": pair.primary.port, "user": pair.primary.user,
+                   "password": pair.primary.password}
+        h.create_seeded_db(primary, "app")
+        env = {"NODE_ENV": "production", "PORT": str(site["host"]["app_port"]),
+               "DATABASE_URL": h.pg_url(primary, "app"), "REDIS_URL": h.redis_url(redis_lab["standalone"])}
+        proc = _play(site, "playbooks/deploy.yml", "-e", "deploy_version=v1",
+                     "-e", json.dumps({"deploy_droplet_env": env}))
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        assert _health(site)["services"]["database"]["database"] == "app"
+        status, order = h.http_json(site["url"] + "/api/orders", "POST", {"amount": 7})
+        assert status == 201
+        pair.wait_replayed()
+        pair.primary.stop()  # the disaster: the primary is gone
+        assert _health(site)["status"] == "unhealthy"
+
+        extra = {
+            "dr_mode": "promote",
+            "deploy_droplet_env": env,
+            "dr_promote_standby": pair.standby.params(login_db="app"),
+            "dr_promote_old_primary": pair.primary.params(login_db="app", connect_timeout=2),
+            "dr_promote_fence_host": "localhost",
+            "dr_promote_fence_data_dir": str(pair.primary.data_dir),
+            "dr_promote_fence_owner": "postgres",
+        }
+        proc = _dr(site, "-e", json.dumps(extra), "-vvv")
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert pair.standby.password not in proc.stdout + proc.stderr
+        report = h.latest_report(site["reports"])
+        assert report["mode"] == "promote" and report["result"] == "passed"
+        assert report["promote"]["promoted"] is True
+        assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0
+        assert report["rto_seconds"] > 0
+        assert [s["step"] for s in report["steps"]] == ["fence", "promote", "switch_app", "finish"]
+        assert not pair.standby.in_recovery()
+        # the app writes to the promoted standby, with the order written before the loss
+        assert _health(site)["status"] == "healthy"
+        assert h.http_json(f"{site['url']}/api/orders/{order['id']}")[0] == 200
+        standby = {"host": pair.standby.host, "port": pair.standby.port, "user": pair.standby.user,
+                   "password": pair.standby.password}
+        before = h.counts(standby, "app")["orders"]
+        assert h.http_json(site["url"] + "/api/orders", "POST", {"amount": 8})[0] == 201
+        assert h.counts(standby, "app")["orders"] == before + 1
+        # fenced: the old primary, started again, comes back read-only, never as a second primary
+        pair.primary.start()
+        assert pair.primary.in_recovery()
+        # a second promote has nothing to do and fails nothing
+        proc = _dr(site, "-e", json.dumps(extra))
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        assert h.latest_report(site["reports"])["promote"]["promoted"] is False

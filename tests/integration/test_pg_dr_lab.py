@@ -368,13 +368,13 @@ def test_info_on_the_standby_and_on_a_database(venv_bin, ansible_env, dbpair, db
     assert result["changed"] is False and result["in_recovery"] is False and result["read_only"] is False
     assert result["server_version"].startswith("15.") and result["current_lsn"]
     assert result["database"]["exists"] is True and result["database"]["connections"] == 1
-    assert result["database"]["size_bytes"] > 1_000_000
+    assert result["database"]["size_bytes"] > 1_000_000 and result["database"]["owned"] is True
 
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.standby.params(), action="info", name="nope"))
     assert rc == 0, out[-3000:]
     assert result["in_recovery"] is True and result["standby"]["wal_receiver"]["status"] == "streaming"
     assert result["database"] == {"name": "nope", "exists": False, "size_bytes": None, "comment": None,
-                                  "connections": 0, "tagged": False}
+                                  "connections": 0, "tagged": False, "owned": False}
 
 
 def test_space_of_the_default_tablespace_and_of_a_path(venv_bin, ansible_env, dbpair):
@@ -396,6 +396,38 @@ def test_space_of_the_default_tablespace_and_of_a_path(venv_bin, ansible_env, db
     rc, elsewhere, out = adhoc(venv_bin, ansible_env, {"action": "space", "path": "/nonexistent/pgdata"})
     assert rc != 0, out[-3000:]
     assert "/nonexistent/pgdata does not exist on" in elsewhere["msg"] and "delegate_to" in elsewhere["msg"]
+
+
+def test_missing_privileges_are_refused_before_anything_changes(venv_bin, ansible_env, dbpair, dbname):
+    role, password = f"{dbname}_plain"[:40], "plain-" + dbpair.primary.password[-8:]
+    with dbpair.primary.connect() as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        conn.execute(f"COMMENT ON DATABASE \"{dbname}\" IS '{DR_TAG} drill'")
+    try:
+        plain = {"login_user": role, "login_password": password}
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="fence"),
+                                check_mode=True)
+        assert rc != 0 and f"{role} may not ALTER SYSTEM SET default_transaction_read_only" in result["msg"], out
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="drop",
+                                                            name=dbname))
+        assert rc != 0 and f"{role} is neither its owner nor a superuser" in result["msg"], out[-3000:]
+        assert exists(dbpair.primary, dbname)
+        dbpair.wait_replayed()
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.standby.params(**plain), action="promote",
+                                                            force=True), check_mode=True)
+        assert rc != 0 and f"{role} may not execute pg_promote()" in result["msg"], out[-3000:]
+
+        with dbpair.primary.connect() as conn:
+            conn.execute(f'GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only TO "{role}"')
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="fence"),
+                                check_mode=True)
+        assert rc == 0 and result["changed"] is True and result["fenced"] is True, out[-3000:]
+        assert dbpair.primary.query("SHOW default_transaction_read_only")[0] == "off"
+    finally:
+        with dbpair.primary.connect() as conn:
+            conn.execute(f'REVOKE ALTER SYSTEM ON PARAMETER default_transaction_read_only FROM "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -475,3 +507,25 @@ def test_passwords_never_appear_at_vvv(venv_bin, ansible_env, dbpair):
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(login_password=secret + "x"),
                                                         action="info"), "-vvv")
     assert rc != 0 and secret not in out
+
+
+# ---------------------------------------------------------------------------- the pair helper itself
+
+
+def test_private_pair_streams_and_leaves_nothing_behind():
+    from lab import core as labcore
+
+    with private_pair("pgdr-self") as fresh:
+        nodes = (fresh.primary, fresh.standby)
+        pids = [node.pid() for node in nodes]
+        assert fresh.standby.in_recovery() and not fresh.primary.in_recovery()
+        seed(fresh, 2)
+        fresh.wait_replayed()
+        assert order_ids(fresh.standby) == [1, 2]
+        fresh.standby.stop()
+        assert not fresh.standby.running()
+        fresh.standby.start()
+        fresh.wait_streaming()
+    assert not fresh.base.exists()
+    assert all(not labcore.pid_alive(pid) for pid in pids)
+    assert not any(labcore.port_open(node.port) for node in nodes)  # nothing listens (TIME_WAIT may linger)

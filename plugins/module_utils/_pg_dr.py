@@ -392,6 +392,11 @@ def promote(client, opts: dict, check_mode: bool, connect_old=None, old_target: 
     result["forced"] = reasons
     result["diff"] = {"before": {"in_recovery": True}, "after": {"in_recovery": False}}
     result.update(changed=True, promoted=True, in_recovery=False)  # predicted in check mode
+    loss = measured["data_loss_seconds"]
+    loss_text = "unknown" if loss is None else f"at most {human_duration(loss)}"
+    details = (f"WAL received but not replayed {human_size(state['lag_bytes'] or 0)}, data loss {loss_text}"
+               + (f"; forced past: {'; '.join(reasons)}" if reasons else ""))
+    result["msg"] = f"would promote: {details}"
     if check_mode:
         return result
 
@@ -415,6 +420,10 @@ def promote(client, opts: dict, check_mode: bool, connect_old=None, old_target: 
     final = after.get("final_replay_at")
     result["final_replay_at"] = iso(final) if isinstance(final, _dt.datetime) else None
     result["final_data_loss_seconds"] = data_loss_seconds(final, incident)
+    final_loss = result["final_data_loss_seconds"]
+    result["msg"] = f"promoted in {result['promote_seconds']:.1f} s to timeline {result['timeline']}: {details}"
+    if final_loss is not None:
+        result["msg"] += f"; after replaying what it had received: {human_duration(final_loss)}"
     return result
 
 

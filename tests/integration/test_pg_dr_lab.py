@@ -112,6 +112,8 @@ def test_promote_with_the_primary_stopped_check_mode_equals_real_run_then_no_cha
 
     assert {k: checked[k] for k in PROMOTE_KEYS} == {k: real[k] for k in PROMOTE_KEYS}
     assert real["changed"] is True and real["promoted"] is True and real["forced"] == []
+    assert checked["msg"].startswith("would promote: WAL received but not replayed 0 B, data loss at most ")
+    assert real["msg"].startswith("promoted in ") and " s to timeline 2: " in real["msg"]
     assert real["old_primary"]["reachable"] is False and real["old_primary"]["refused_login"] is False
     assert real["lag_bytes"] == 0 and real["receive_lsn"] == real["replay_lsn"]
     assert real["timeline"] == 2

@@ -253,6 +253,9 @@ def test_promote_check_mode_measures_decides_and_changes_nothing():
     assert checked["data_loss_seconds"] == 600.0
     assert checked["last_replay_at"] == "2026-11-23T03:00:00.000Z"
     real = core.promote(FakeClient(in_recovery=True), promote_opts(), check_mode=False, clock=iter([1.0, 1.5]).__next__)
+    assert checked.pop("msg") == "would promote: WAL received but not replayed 256 B, data loss at most 10 min"
+    assert real.pop("msg") == ("promoted in 0.5 s to timeline 2: WAL received but not replayed 256 B, data loss at "
+                               "most 10 min; after replaying what it had received: 10 min")
     assert {k: real[k] for k in checked} == checked
     assert real["timeline"] == 2 and real["promote_seconds"] == 0.5 and real["in_recovery"] is False
     assert real["final_data_loss_seconds"] == 595.0

@@ -9,8 +9,11 @@ import contextlib
 import datetime as dt
 import json
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -531,3 +534,44 @@ def test_private_pair_streams_and_leaves_nothing_behind():
     assert not fresh.base.exists()
     assert all(not labcore.pid_alive(pid) for pid in pids)
     assert not any(labcore.port_open(node.port) for node in nodes)  # nothing listens (TIME_WAIT may linger)
+
+
+def test_space_of_a_small_tablespace_refuses_a_restore_that_does_not_fit(venv_bin, ansible_env):
+    """A real 8 MiB filesystem (tmpfs) as a tablespace: the restore target out of disk, for real."""
+    from pg_health_helpers import params_for, private_postgres, session
+
+    base = Path(tempfile.mkdtemp(prefix="pgdr-ts-"))  # not under pytest's tmp: the postgres user must reach it
+    base.chmod(0o755)
+    mnt = base / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700,uid=postgres,gid=postgres", "tmpfs",
+                              str(mnt)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        with private_postgres() as node:
+            with session(node, "pgdr-test") as conn:
+                conn.execute(f"CREATE TABLESPACE pgdr_small LOCATION '{mnt}'")
+            args = dict({k: v for k, v in params_for(node).items() if v is not None}, action="space",
+                        tablespace="pgdr_small")
+            try:
+                rc, short, out = adhoc(venv_bin, ansible_env, dict(args, need="20MB"))
+                assert rc != 0, out[-3000:]
+                no_traceback(out)
+                assert re.search(rf"only [\d.]+ MB free \(\d+ bytes\) on {re.escape(str(mnt))} \(tablespace "
+                                 r"pgdr_small\), the restore needs 20.0 MB", short["msg"]), short["msg"]
+                assert short["total_bytes"] == 8 * 1024 * 1024 and short["enough"] is False
+
+                rc, fits, out = adhoc(venv_bin, ansible_env, dict(args, need="1MB"))
+                assert rc == 0, out[-3000:]
+                assert fits["path"] == str(mnt) and fits["tablespace"] == "pgdr_small" and fits["enough"] is True
+
+                rc, missing, out = adhoc(venv_bin, ansible_env, dict(args, tablespace="pgdr_nope"))
+                assert rc != 0 and "tablespace 'pgdr_nope' does not exist" in missing["msg"], out[-3000:]
+            finally:
+                with session(node, "pgdr-test") as conn:
+                    conn.execute("DROP TABLESPACE IF EXISTS pgdr_small")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)

@@ -211,7 +211,11 @@ SELECT /* ops.runbooks pg_dr:server */
        pg_catalog.current_setting('server_version') AS server_version,
        pg_catalog.current_setting('server_version_num')::int AS server_version_num,
        pg_catalog.current_setting('default_transaction_read_only') AS read_only,
-       pg_catalog.current_database() AS current_database
+       pg_catalog.current_database() AS current_database,
+       current_user AS login_user,
+       r.rolsuper AS superuser, r.rolcreatedb AS createdb
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname = current_user
 """
 
 STANDBY_SQL = """
@@ -221,7 +225,8 @@ SELECT /* ops.runbooks pg_dr:standby */
        pg_catalog.pg_last_xact_replay_timestamp() AS last_replay_at,
        pg_catalog.pg_is_wal_replay_paused() AS replay_paused,
        (SELECT status FROM pg_catalog.pg_stat_wal_receiver) AS receiver_status,
-       (SELECT sender_host || ':' || sender_port FROM pg_catalog.pg_stat_wal_receiver) AS receiver_sender
+       (SELECT sender_host || ':' || sender_port FROM pg_catalog.pg_stat_wal_receiver) AS receiver_sender,
+       pg_catalog.has_function_privilege('pg_catalog.pg_promote(boolean, integer)', 'EXECUTE') AS can_promote
 """
 
 DATABASE_SQL = """
@@ -232,7 +237,8 @@ SELECT /* ops.runbooks pg_dr:database */
               OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
             THEN pg_catalog.pg_database_size(d.oid) END AS size_bytes,
        (SELECT count(*) FROM pg_catalog.pg_stat_activity a
-         WHERE a.datid = d.oid AND a.pid <> pg_catalog.pg_backend_pid())::int AS connections
+         WHERE a.datid = d.oid AND a.pid <> pg_catalog.pg_backend_pid())::int AS connections,
+       pg_catalog.pg_has_role(d.datdba, 'MEMBER') AS owner
   FROM pg_catalog.pg_database d
  WHERE d.datname = %s
 """
@@ -254,6 +260,7 @@ def standby_state(client) -> dict:
         "last_replay_at": row.get("last_replay_at"),
         "replay_paused": bool(row.get("replay_paused")),
         "wal_receiver": {"status": row.get("receiver_status"), "sender": row.get("receiver_sender")},
+        "can_promote": bool(row.get("can_promote", True)),
     }
 
 
@@ -261,9 +268,20 @@ def database_state(client, name: str) -> dict:
     row = client.one(DATABASE_SQL, (name,))
     if not row:
         return {"name": name, "exists": False, "size_bytes": None, "comment": None, "connections": 0,
-                "tagged": False}
+                "tagged": False, "owned": False}
     return {"name": name, "exists": True, "size_bytes": row["size_bytes"], "comment": row["comment"],
-            "connections": row["connections"], "tagged": tagged(row["comment"])}
+            "connections": row["connections"], "tagged": tagged(row["comment"]), "owned": bool(row["owner"])}
+
+
+def may_own(server: dict, db: dict, action: str, createdb: bool = False) -> None:
+    """Refuse before changing anything when the login role may not run `action` on database `db`."""
+    name = db["name"]
+    if not db["owned"]:
+        raise PgDrError(f"cannot {action} {name!r}: {server['login_user']} is neither its owner nor a superuser; "
+                        "log in as the owner or a superuser (nothing was changed)")
+    if createdb and not (server["superuser"] or server["createdb"]):
+        raise PgDrError(f"cannot {action} {name!r}: renaming a database needs CREATEDB and {server['login_user']} does "
+                        "not have it; ALTER ROLE ... CREATEDB or log in as a superuser (nothing was changed)")
 
 
 def _jsonable(state: dict) -> dict:
@@ -353,6 +371,7 @@ def promote(client, opts: dict, check_mode: bool, connect_old=None, old_target: 
                 "msg": "the server is not in recovery (it is already a primary): nothing to promote"}
     incident = opts.get("incident_time") or now()
     state = standby_state(client)
+    can_promote = state.pop("can_promote")
     measured = dict(state, incident_time=iso(incident),
                     data_loss_seconds=data_loss_seconds(state["last_replay_at"], incident))
     if isinstance(state["last_replay_at"], _dt.datetime):
@@ -364,12 +383,20 @@ def promote(client, opts: dict, check_mode: bool, connect_old=None, old_target: 
         result["old_primary"] = old
         if old.get("lsn") and state["receive_lsn"]:
             old["unreceived_bytes"] = max(parse_lsn(old["lsn"]) - parse_lsn(state["receive_lsn"]), 0)
+    if not can_promote:
+        raise PgDrError(f"cannot promote: {server['login_user']} may not execute pg_promote(); log in as a superuser "
+                        "or GRANT EXECUTE ON FUNCTION pg_promote TO it (nothing was changed)", result)
     reasons = promote_guard(measured, old, opts)
     if reasons and not opts.get("force"):
         raise PgDrError("; ".join(reasons) + " (nothing was changed)", result)
     result["forced"] = reasons
     result["diff"] = {"before": {"in_recovery": True}, "after": {"in_recovery": False}}
     result.update(changed=True, promoted=True, in_recovery=False)  # predicted in check mode
+    loss = measured["data_loss_seconds"]
+    loss_text = "unknown" if loss is None else f"at most {human_duration(loss)}"
+    details = (f"WAL received but not replayed {human_size(state['lag_bytes'] or 0)}, data loss {loss_text}"
+               + (f"; forced past: {'; '.join(reasons)}" if reasons else ""))
+    result["msg"] = f"would promote: {details}"
     if check_mode:
         return result
 
@@ -393,6 +420,10 @@ def promote(client, opts: dict, check_mode: bool, connect_old=None, old_target: 
     final = after.get("final_replay_at")
     result["final_replay_at"] = iso(final) if isinstance(final, _dt.datetime) else None
     result["final_data_loss_seconds"] = data_loss_seconds(final, incident)
+    final_loss = result["final_data_loss_seconds"]
+    result["msg"] = f"promoted in {result['promote_seconds']:.1f} s to timeline {result['timeline']}: {details}"
+    if final_loss is not None:
+        result["msg"] += f"; after replaying what it had received: {human_duration(final_loss)}"
     return result
 
 
@@ -405,6 +436,15 @@ SELECT /* ops.runbooks pg_dr:fence */
        (SELECT count(*) FROM pg_catalog.pg_db_role_setting
          WHERE 'default_transaction_read_only=off' = ANY (setconfig))::int AS overrides
 """
+
+
+def may_alter_system(client, server: dict) -> bool:
+    if server["superuser"]:
+        return True
+    if server["server_version_num"] < 150000:  # parameter privileges are new in 15
+        return False
+    return bool(client.one("SELECT pg_catalog.has_parameter_privilege('default_transaction_read_only', 'ALTER SYSTEM') "
+                           "AS ok")["ok"])
 
 
 def fence_plan(read_only: bool, other_sessions: int) -> list[str]:
@@ -444,6 +484,10 @@ def fence(connect, opts: dict, check_mode: bool, target: str, sleep=time.sleep, 
             result["warnings"] = [f"{counts['overrides']} ALTER ROLE/DATABASE setting(s) turn "
                                   "default_transaction_read_only off for some sessions; they can still write: "
                                   "stop the server to be sure"]
+        if "set_read_only" in actions and not may_alter_system(client, server):
+            raise PgDrError(f"cannot fence {target}: {server['login_user']} may not ALTER SYSTEM SET "
+                            "default_transaction_read_only; log in as a superuser (or GRANT ALTER SYSTEM ON PARAMETER "
+                            "default_transaction_read_only TO it), or stop the server (nothing was changed)", result)
         if check_mode or not actions:
             return result
         if "set_read_only" in actions:
@@ -494,6 +538,8 @@ def rename(client, opts: dict, check_mode: bool, sleep=time.sleep) -> dict:
     _not_connected_to(server, name, "rename")
     old, new = database_state(client, name), database_state(client, new_name)
     actions = rename_plan(name, new_name, old, new, bool(opts.get("terminate")))
+    if actions:
+        may_own(server, old, "rename", createdb=True)
     result = {"changed": bool(actions), "renamed": bool(actions), "actions": actions, "name": name,
               "new_name": new_name, "terminated": old["connections"] if actions else 0}
     if not actions:
@@ -541,6 +587,8 @@ def drop(client, opts: dict, check_mode: bool) -> dict:
     _not_connected_to(server, name, "drop")
     db = database_state(client, name)
     actions = drop_plan(name, db, bool(opts.get("force")))
+    if actions:
+        may_own(server, db, "drop")
     result = {"changed": bool(actions), "dropped": bool(actions), "name": name, "database": db}
     if not actions:
         result["msg"] = f"{name!r} does not exist: nothing to drop"
@@ -560,8 +608,11 @@ def comment_plan(name: str, db: dict, wanted: str | None) -> list[str]:
 
 def comment(client, opts: dict, check_mode: bool) -> dict:
     name, wanted = opts["name"], opts["comment"]
+    server = server_state(client)
     db = database_state(client, name)
     actions = comment_plan(name, db, wanted)
+    if actions:
+        may_own(server, db, "comment on")
     result = {"changed": bool(actions), "name": name, "comment": wanted or None, "previous_comment": db["comment"],
               "tagged": tagged(wanted)}
     if not actions:

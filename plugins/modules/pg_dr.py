@@ -165,9 +165,12 @@ options:
       - V(space) - fail when less than this is free, in bytes or with a unit (V(500MB), V(2GiB)).
     type: str
 notes:
+  - Privileges are checked before anything changes (in check mode too), so a missing one fails the task with
+    what to grant, and nothing half-done.
   - V(promote) and V(fence) need a superuser (or, for V(promote), EXECUTE on C(pg_promote); for V(fence),
-    C(ALTER SYSTEM) on C(default_transaction_read_only) and C(pg_signal_backend)). V(rename) and V(drop) need
-    the database owner or a superuser, and a connection to another database (O(login_db)).
+    C(ALTER SYSTEM) on C(default_transaction_read_only) and C(pg_signal_backend)). V(rename), V(drop) and
+    V(comment) need the database owner or a superuser (V(rename) also C(CREATEDB)), and V(rename) and V(drop)
+    a connection to another database (O(login_db)).
   - Data loss. RV(data_loss_seconds) is measured from the last transaction the standby replayed; it is an upper
     bound, because on PostgreSQL 14 and later the promotion first replays the WAL already received (also when
     replay was paused) and because an idle primary commits nothing. After a real promotion
@@ -264,16 +267,18 @@ current_lsn:
   sample: 0/3001228
 standby:
   description: On a standby, C(receive_lsn), C(replay_lsn), C(lag_bytes), C(last_replay_at), C(replay_paused),
-    C(wal_receiver) (C(status), C(sender)), as for V(promote).
+    C(wal_receiver) (C(status), C(sender)), as for V(promote), and C(can_promote) (the login role may execute
+    C(pg_promote())).
   returned: action is info and the server is a standby
   type: dict
 database:
   description:
     - V(info) and V(drop) - the database O(name) - C(name), C(exists), C(size_bytes), C(comment), C(connections)
-      (sessions connected to it, not counting the module's), C(tagged) (its comment carries an ops.runbooks tag).
+      (sessions connected to it, not counting the module's), C(tagged) (its comment carries an ops.runbooks tag),
+      C(owned) (the login role owns it or is a superuser, so it may rename, drop or comment it).
   returned: action is info with name, or drop
   type: dict
-  sample: {name: app, exists: true, size_bytes: 8004387, comment: null, connections: 3, tagged: false}
+  sample: {name: app, exists: true, size_bytes: 8004387, comment: null, connections: 3, tagged: false, owned: true}
 promoted:
   description: The server was (or in check mode would be) promoted by this task. V(false) when it already was a
     primary.

@@ -9,8 +9,11 @@ import contextlib
 import datetime as dt
 import json
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -112,6 +115,8 @@ def test_promote_with_the_primary_stopped_check_mode_equals_real_run_then_no_cha
 
     assert {k: checked[k] for k in PROMOTE_KEYS} == {k: real[k] for k in PROMOTE_KEYS}
     assert real["changed"] is True and real["promoted"] is True and real["forced"] == []
+    assert checked["msg"].startswith("would promote: WAL received but not replayed 0 B, data loss at most ")
+    assert real["msg"].startswith("promoted in ") and " s to timeline 2: " in real["msg"]
     assert real["old_primary"]["reachable"] is False and real["old_primary"]["refused_login"] is False
     assert real["lag_bytes"] == 0 and real["receive_lsn"] == real["replay_lsn"]
     assert real["timeline"] == 2
@@ -368,13 +373,13 @@ def test_info_on_the_standby_and_on_a_database(venv_bin, ansible_env, dbpair, db
     assert result["changed"] is False and result["in_recovery"] is False and result["read_only"] is False
     assert result["server_version"].startswith("15.") and result["current_lsn"]
     assert result["database"]["exists"] is True and result["database"]["connections"] == 1
-    assert result["database"]["size_bytes"] > 1_000_000
+    assert result["database"]["size_bytes"] > 1_000_000 and result["database"]["owned"] is True
 
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.standby.params(), action="info", name="nope"))
     assert rc == 0, out[-3000:]
     assert result["in_recovery"] is True and result["standby"]["wal_receiver"]["status"] == "streaming"
     assert result["database"] == {"name": "nope", "exists": False, "size_bytes": None, "comment": None,
-                                  "connections": 0, "tagged": False}
+                                  "connections": 0, "tagged": False, "owned": False}
 
 
 def test_space_of_the_default_tablespace_and_of_a_path(venv_bin, ansible_env, dbpair):
@@ -396,6 +401,38 @@ def test_space_of_the_default_tablespace_and_of_a_path(venv_bin, ansible_env, db
     rc, elsewhere, out = adhoc(venv_bin, ansible_env, {"action": "space", "path": "/nonexistent/pgdata"})
     assert rc != 0, out[-3000:]
     assert "/nonexistent/pgdata does not exist on" in elsewhere["msg"] and "delegate_to" in elsewhere["msg"]
+
+
+def test_missing_privileges_are_refused_before_anything_changes(venv_bin, ansible_env, dbpair, dbname):
+    role, password = f"{dbname}_plain"[:40], "plain-" + dbpair.primary.password[-8:]
+    with dbpair.primary.connect() as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        conn.execute(f"COMMENT ON DATABASE \"{dbname}\" IS '{DR_TAG} drill'")
+    try:
+        plain = {"login_user": role, "login_password": password}
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="fence"),
+                                check_mode=True)
+        assert rc != 0 and f"{role} may not ALTER SYSTEM SET default_transaction_read_only" in result["msg"], out
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="drop",
+                                                            name=dbname))
+        assert rc != 0 and f"{role} is neither its owner nor a superuser" in result["msg"], out[-3000:]
+        assert exists(dbpair.primary, dbname)
+        dbpair.wait_replayed()
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.standby.params(**plain), action="promote",
+                                                            force=True), check_mode=True)
+        assert rc != 0 and f"{role} may not execute pg_promote()" in result["msg"], out[-3000:]
+
+        with dbpair.primary.connect() as conn:
+            conn.execute(f'GRANT ALTER SYSTEM ON PARAMETER default_transaction_read_only TO "{role}"')
+        rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(**plain), action="fence"),
+                                check_mode=True)
+        assert rc == 0 and result["changed"] is True and result["fenced"] is True, out[-3000:]
+        assert dbpair.primary.query("SHOW default_transaction_read_only")[0] == "off"
+    finally:
+        with dbpair.primary.connect() as conn:
+            conn.execute(f'REVOKE ALTER SYSTEM ON PARAMETER default_transaction_read_only FROM "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -475,3 +512,66 @@ def test_passwords_never_appear_at_vvv(venv_bin, ansible_env, dbpair):
     rc, result, out = adhoc(venv_bin, ansible_env, dict(dbpair.primary.params(login_password=secret + "x"),
                                                         action="info"), "-vvv")
     assert rc != 0 and secret not in out
+
+
+# ---------------------------------------------------------------------------- the pair helper itself
+
+
+def test_private_pair_streams_and_leaves_nothing_behind():
+    from lab import core as labcore
+
+    with private_pair("pgdr-self") as fresh:
+        nodes = (fresh.primary, fresh.standby)
+        pids = [node.pid() for node in nodes]
+        assert fresh.standby.in_recovery() and not fresh.primary.in_recovery()
+        seed(fresh, 2)
+        fresh.wait_replayed()
+        assert order_ids(fresh.standby) == [1, 2]
+        fresh.standby.stop()
+        assert not fresh.standby.running()
+        fresh.standby.start()
+        fresh.wait_streaming()
+    assert not fresh.base.exists()
+    assert all(not labcore.pid_alive(pid) for pid in pids)
+    assert not any(labcore.port_open(node.port) for node in nodes)  # nothing listens (TIME_WAIT may linger)
+
+
+def test_space_of_a_small_tablespace_refuses_a_restore_that_does_not_fit(venv_bin, ansible_env):
+    """A real 8 MiB filesystem (tmpfs) as a tablespace: the restore target out of disk, for real."""
+    from pg_health_helpers import params_for, private_postgres, session
+
+    base = Path(tempfile.mkdtemp(prefix="pgdr-ts-"))  # not under pytest's tmp: the postgres user must reach it
+    base.chmod(0o755)
+    mnt = base / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700,uid=postgres,gid=postgres", "tmpfs",
+                              str(mnt)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        with private_postgres() as node:
+            with session(node, "pgdr-test") as conn:
+                conn.execute(f"CREATE TABLESPACE pgdr_small LOCATION '{mnt}'")
+            args = dict({k: v for k, v in params_for(node).items() if v is not None}, action="space",
+                        tablespace="pgdr_small")
+            try:
+                rc, short, out = adhoc(venv_bin, ansible_env, dict(args, need="20MB"))
+                assert rc != 0, out[-3000:]
+                no_traceback(out)
+                assert re.search(rf"only [\d.]+ MB free \(\d+ bytes\) on {re.escape(str(mnt))} \(tablespace "
+                                 r"pgdr_small\), the restore needs 20.0 MB", short["msg"]), short["msg"]
+                assert short["total_bytes"] == 8 * 1024 * 1024 and short["enough"] is False
+
+                rc, fits, out = adhoc(venv_bin, ansible_env, dict(args, need="1MB"))
+                assert rc == 0, out[-3000:]
+                assert fits["path"] == str(mnt) and fits["tablespace"] == "pgdr_small" and fits["enough"] is True
+
+                rc, missing, out = adhoc(venv_bin, ansible_env, dict(args, tablespace="pgdr_nope"))
+                assert rc != 0 and "tablespace 'pgdr_nope' does not exist" in missing["msg"], out[-3000:]
+            finally:
+                with session(node, "pgdr-test") as conn:
+                    conn.execute("DROP TABLESPACE IF EXISTS pgdr_small")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)

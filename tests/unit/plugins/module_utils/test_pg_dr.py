@@ -32,7 +32,7 @@ class FakeClient:
 
     def __init__(self, in_recovery=False, read_only="off", version_num=150018, current_db="postgres",
                  standby=None, databases=None, other_sessions=0, promote_ok=True, stays_in_recovery=False,
-                 rename_errors=()):
+                 rename_errors=(), superuser=True, can_promote=True, alter_system=False):
         self.in_recovery, self.read_only, self.version_num = in_recovery, read_only, version_num
         self.current_db = current_db
         self.standby = {"receive_lsn": "0/3000200", "replay_lsn": "0/3000100", "last_replay_at": T0,
@@ -41,20 +41,23 @@ class FakeClient:
         self.other_sessions = other_sessions
         self.promote_ok, self.stays_in_recovery = promote_ok, stays_in_recovery
         self.rename_errors = list(rename_errors)
+        self.superuser, self.can_promote, self.alter_system = superuser, can_promote, alter_system
         self.changes: list[str] = []
         self.closed = False
 
     def rows(self, sql, params=None):
         if "pg_dr:server" in sql:
             return [{"in_recovery": self.in_recovery, "server_version": "15.18", "server_version_num": self.version_num,
-                     "read_only": self.read_only, "current_database": self.current_db}]
+                     "read_only": self.read_only, "current_database": self.current_db, "login_user": "ops",
+                     "superuser": self.superuser, "createdb": self.superuser}]
         if "pg_dr:standby" in sql:
-            return [dict(self.standby)]
+            return [dict(self.standby, can_promote=self.can_promote)]
         if "pg_dr:database" in sql:
             db = self.databases.get(params[0])
             if db is None:
                 return []
-            return [dict({"name": params[0], "size_bytes": 100, "comment": None, "connections": 0}, **db)]
+            return [dict({"name": params[0], "size_bytes": 100, "comment": None, "connections": 0,
+                          "owner": self.superuser}, **db)]
         if "pg_dr:fence" in sql:
             return [{"other_sessions": self.other_sessions, "overrides": 0}]
         if "pg_current_wal_lsn()::text AS lsn" in sql and "walfile" not in sql:
@@ -72,6 +75,8 @@ class FakeClient:
             self.changes.append("terminate")
             killed, self.other_sessions = self.other_sessions, 0
             return [{"pid": i, "ok": True} for i in range(killed)]
+        if "has_parameter_privilege" in sql:
+            return [{"ok": self.alter_system}]
         if "quote_literal" in sql:
             return [{"lit": "'" + params[0].replace("'", "''") + "'"}]
         raise AssertionError(f"unexpected query: {sql}")
@@ -248,6 +253,9 @@ def test_promote_check_mode_measures_decides_and_changes_nothing():
     assert checked["data_loss_seconds"] == 600.0
     assert checked["last_replay_at"] == "2026-11-23T03:00:00.000Z"
     real = core.promote(FakeClient(in_recovery=True), promote_opts(), check_mode=False, clock=iter([1.0, 1.5]).__next__)
+    assert checked.pop("msg") == "would promote: WAL received but not replayed 256 B, data loss at most 10 min"
+    assert real.pop("msg") == ("promoted in 0.5 s to timeline 2: WAL received but not replayed 256 B, data loss at "
+                               "most 10 min; after replaying what it had received: 10 min")
     assert {k: real[k] for k in checked} == checked
     assert real["timeline"] == 2 and real["promote_seconds"] == 0.5 and real["in_recovery"] is False
     assert real["final_data_loss_seconds"] == 595.0
@@ -461,3 +469,43 @@ def test_space_default_tablespace_reads_the_data_directory():
             return super().rows(sql, params)
     result = core.space(TsClient, opts(action="space"))
     assert result["path"] == os.sep and result["tablespace"] == "pg_default"
+
+
+# ---------------------------------------------------------------------------- privileges: refused before any change
+
+
+def test_promote_without_pg_promote_privilege_is_refused_in_check_mode_too():
+    for check_mode in (True, False):
+        client = FakeClient(in_recovery=True, can_promote=False)
+        with pytest.raises(PgDrError, match="ops may not execute pg_promote"):
+            core.promote(client, promote_opts(), check_mode=check_mode)
+        assert client.changes == []
+
+
+def test_fence_needs_alter_system():
+    client = FakeClient(superuser=False)
+    with pytest.raises(PgDrError, match="ops may not ALTER SYSTEM SET default_transaction_read_only"):
+        core.fence(lambda: client, opts(action="fence"), check_mode=True, target="db1:5432")
+    granted = FakeClient(superuser=False, alter_system=True)
+    assert core.fence(lambda: granted, opts(action="fence"), check_mode=True, target="db1:5432")["changed"] is True
+    on_14 = FakeClient(superuser=False, alter_system=True, version_num=140010)
+    with pytest.raises(PgDrError, match="may not ALTER SYSTEM"):
+        core.fence(lambda: on_14, opts(action="fence"), check_mode=True, target="db1:5432")
+
+
+@pytest.mark.parametrize(("action", "over", "message"), [
+    ("rename", {"new_name": "app_old"}, "cannot rename 'app': ops is neither its owner nor a superuser"),
+    ("drop", {"force": True}, "cannot drop 'app': ops is neither its owner nor a superuser"),
+    ("comment", {"comment": "x"}, "cannot comment on 'app': ops is neither its owner nor a superuser"),
+])
+def test_database_actions_need_the_owner(action, over, message):
+    client = FakeClient(superuser=False, databases={"app": {}})
+    with pytest.raises(PgDrError, match=message):
+        getattr(core, action)(client, opts(action=action, name="app", **over), check_mode=True)
+    assert client.changes == []
+
+
+def test_rename_needs_createdb_even_for_the_owner():
+    client = FakeClient(superuser=False, databases={"app": {"owner": True}})
+    with pytest.raises(PgDrError, match="renaming a database needs CREATEDB"):
+        core.rename(client, opts(action="rename", name="app", new_name="app_old"), check_mode=True)

@@ -46,7 +46,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._pg_backup import (
     utcnow,
 )
 
-ACTIONS = ("info", "promote", "fence", "rename", "drop", "comment", "space")
+ACTIONS = ("info", "promote", "fence", "rename", "drop", "comment", "space", "query")
 DR_TAG = "ops.runbooks.pg_dr"
 TAGS = (SCRATCH_TAG, DR_TAG)
 MAX_IDENT_BYTES = 63
@@ -154,7 +154,36 @@ def validate(params: dict) -> dict:
                         "directory to measure")
     if params.get("old_primary") is not None and action != "promote":
         raise PgDrError("old_primary only applies to action=promote")
+    if action == "query":
+        opts["queries"] = check_queries(params.get("queries"))
+    elif params.get("queries"):
+        raise PgDrError("queries only applies to action=query")
     return opts
+
+
+def check_queries(queries) -> list[dict]:
+    """[{name, sql, min_value?}] for action=query: unique names, SQL text, min_value a number."""
+    if not queries or not isinstance(queries, list):
+        raise PgDrError("action=query needs queries: a list of {name, sql, min_value (optional)}")
+    out, seen = [], set()
+    for index, item in enumerate(queries):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
+            raise PgDrError(f"queries[{index}] needs a name (a non-empty string)")
+        name = item["name"]
+        if name in seen:
+            raise PgDrError(f"queries[{index}]: the name {name!r} is used twice; names must be unique")
+        seen.add(name)
+        sql = item.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise PgDrError(f"queries[{index}] ({name}) needs sql (a non-empty string)")
+        unknown = sorted(set(item) - {"name", "sql", "min_value"})
+        if unknown:
+            raise PgDrError(f"queries[{index}] ({name}): unknown key(s) {', '.join(unknown)}; use name, sql, min_value")
+        minimum = item.get("min_value")
+        if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, (int, float))):
+            raise PgDrError(f"queries[{index}] ({name}): min_value must be a number, got {minimum!r}")
+        out.append({"name": name, "sql": sql, "min_value": minimum})
+    return out
 
 
 # ---------------------------------------------------------------------------- the client
@@ -684,6 +713,60 @@ def space(connect, opts: dict, statvfs=os.statvfs, exists=os.path.exists, host: 
     return result
 
 
+# ---------------------------------------------------------------------------- query
+
+
+def judge_query(item: dict, rows: list[dict] | None, error: str | None) -> dict:
+    """One smoke query's verdict: it ran, returned a row, and its first value reaches min_value."""
+    out = {"name": item["name"], "ok": False, "value": None, "rows": 0, "msg": ""}
+    if error is not None:
+        out["msg"] = f"failed: {error}"
+        return out
+    out["rows"] = len(rows)
+    if not rows:
+        out["msg"] = "returned no row"
+        return out
+    value = next(iter(rows[0].values()), None)
+    out["value"] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    minimum = item.get("min_value")
+    if minimum is None:
+        out.update(ok=True, msg=f"returned {out['value']!r}")
+        return out
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        out["msg"] = f"first value {value!r} is not a number, cannot compare with min_value {minimum}"
+        return out
+    out["ok"] = number >= minimum
+    out["msg"] = f"{value} {'>=' if out['ok'] else '<'} min_value {minimum}"
+    return out
+
+
+def query(client, opts: dict) -> dict:
+    """Run each smoke query in its own READ ONLY transaction (it cannot change anything), with a
+    statement timeout; report every verdict; fail when one is not ok. Never changed."""
+    results = []
+    for item in opts["queries"]:
+        rows, error = None, None
+        try:
+            client.run("BEGIN TRANSACTION READ ONLY")
+            client.run(f"SET LOCAL statement_timeout = {int(opts['wait_timeout']) * 1000}")
+            rows = client.rows(item["sql"])
+        except Exception as exc:  # noqa: BLE001  (a smoke query's own error is its verdict)
+            error = one_line(exc)
+        finally:
+            try:
+                client.run("ROLLBACK")
+            except Exception:  # noqa: BLE001,S110  (the connection is gone: the next query says so)
+                pass
+        results.append(judge_query(item, rows, error))
+    bad = [r for r in results if not r["ok"]]
+    result = {"changed": False, "queries": results, "failed_queries": len(bad)}
+    if bad:
+        raise PgDrError("smoke queries failed: " + "; ".join(f"{r['name']}: {r['msg']}" for r in bad), result)
+    return result
+
+
 # ---------------------------------------------------------------------------- dispatch
 
 
@@ -705,6 +788,8 @@ def run(opts: dict, connect, check_mode: bool, connect_old=None, target: str = "
             return rename(client, opts, check_mode)
         if action == "drop":
             return drop(client, opts, check_mode)
+        if action == "query":
+            return query(client, opts)
         return comment(client, opts, check_mode)
     finally:
         client.close()

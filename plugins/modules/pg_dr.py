@@ -29,6 +29,8 @@ description:
     of a restored database that became production so no clean-up ever drops it.
   - V(space) - free disk space where a restore would write, on the host the task runs on (delegate it to the
     database host), failing when less than O(need) is free.
+  - V(query) - read-only smoke queries on a (restored) database, each checked against a minimum (runbook 004
+    "Verify Data" - counts of the critical tables). Never changes anything.
 author:
   - ops.runbooks team (@ops-runbooks)
 extends_documentation_fragment:
@@ -58,7 +60,7 @@ options:
       - The step to run; see the description.
     type: str
     required: true
-    choices: [info, promote, fence, rename, drop, comment, space]
+    choices: [info, promote, fence, rename, drop, comment, space, query]
   name:
     description:
       - The database to describe (V(info)), rename (V(rename)), drop (V(drop)) or comment (V(comment)).
@@ -164,6 +166,25 @@ options:
     description:
       - V(space) - fail when less than this is free, in bytes or with a unit (V(500MB), V(2GiB)).
     type: str
+  queries:
+    description:
+      - V(query) - smoke queries, each run in its own C(READ ONLY) transaction with a statement timeout of
+        O(wait_timeout) seconds, so none can change anything. The first value of the first row is the result.
+      - The task fails when a query errors, returns no row, or its value is below C(min_value).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the check, unique in the list.
+        type: str
+        required: true
+      sql:
+        description: The query.
+        type: str
+        required: true
+      min_value:
+        description: The first value of the first row must be a number at least this (for example a C(count(*))).
+        type: float
 notes:
   - Privileges are checked before anything changes (in check mode too), so a missing one fails the task with
     what to grant, and nothing half-done.
@@ -240,6 +261,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+queries:
+  description: V(query) - the verdict of each smoke query.
+  returned: action is query
+  type: list
+  elements: dict
+  sample: [{"name": "users", "ok": true, "value": 500, "rows": 1, "msg": "500 >= min_value 1.0"}]
+failed_queries:
+  description: V(query) - how many smoke queries failed.
+  returned: action is query
+  type: int
+  sample: 0
 in_recovery:
   description: Whether the server is a standby (for V(promote), after the promotion; predicted in check mode).
   returned: action is info, promote or fence and the server was reached
@@ -507,6 +539,11 @@ def argument_spec() -> dict:
         tablespace={"type": "str"},
         path={"type": "path"},
         need={"type": "str"},
+        queries={"type": "list", "elements": "dict", "options": {
+            "name": {"type": "str", "required": True},
+            "sql": {"type": "str", "required": True},
+            "min_value": {"type": "float"},
+        }},
     )
     return spec
 

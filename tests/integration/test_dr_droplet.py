@@ -99,7 +99,8 @@ def _pm2_names(site) -> list[str]:
 
 def test_drill_restores_into_a_new_database_verifies_and_removes_it(site):
     before = h.counts(site["pg"], site["db"])
-    proc = _dr(site, env=dict(site["env"], ANSIBLE_SHOW_CUSTOM_STATS="1"))
+    smoke = {"dr_smoke_queries": [{"name": "customers", "sql": "SELECT count(*) FROM customers", "min_value": 1}]}
+    proc = _dr(site, "-e", json.dumps(smoke), env=dict(site["env"], ANSIBLE_SHOW_CUSTOM_STATS="1"))
     assert proc.returncode == 0, proc.stdout[-5000:]
     report = h.latest_report(site["reports"])
     assert report["result"] == "passed" and report["mode"] == "drill"
@@ -119,6 +120,22 @@ def test_drill_restores_into_a_new_database_verifies_and_removes_it(site):
     assert _health(site)["services"]["database"]["database"] == site["db"]
     stats = proc.stdout[proc.stdout.index("CUSTOM STATS"):]  # published with set_stats for AWX
     assert "dr_report" in stats and report["run_id"] in stats
+
+
+def test_failed_smoke_queries_fail_the_drill_read_only_and_clean_up(site):
+    before = h.counts(site["pg"], site["db"])
+    smoke = {"dr_smoke_queries": [
+        {"name": "customers", "sql": "SELECT count(*) FROM customers", "min_value": 1e9},
+        {"name": "sneaky", "sql": "DELETE FROM orders RETURNING 1"},
+    ]}
+    proc = _dr(site, "-e", json.dumps(smoke))
+    assert proc.returncode != 0
+    assert "smoke queries failed: customers: 500 < min_value 1000000000.0" in proc.stdout, proc.stdout[-4000:]
+    assert "cannot execute DELETE in a read-only transaction" in proc.stdout
+    assert h.latest_report(site["reports"])["result"] == "failed"
+    assert h.databases(site["pg"], site["db"] + "_dr_") == []
+    assert f"{APP}-dr-drill" not in _pm2_names(site)
+    assert h.counts(site["pg"], site["db"]) == before
 
 
 def test_check_mode_only_plans(site):

@@ -509,3 +509,73 @@ def test_rename_needs_createdb_even_for_the_owner():
     client = FakeClient(superuser=False, databases={"app": {"owner": True}})
     with pytest.raises(PgDrError, match="renaming a database needs CREATEDB"):
         core.rename(client, opts(action="rename", name="app", new_name="app_old"), check_mode=True)
+
+
+# ---------------------------------------------------------------- action=query (smoke queries)
+
+class _QueryClient:
+    """Answers by SQL text; records every statement (the transaction framing included)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.statements = []
+
+    def run(self, sql, params=None):
+        self.statements.append(sql)
+
+    def rows(self, sql, params=None):
+        self.statements.append(sql)
+        answer = self.answers[sql]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_query_runs_each_smoke_query_read_only_and_reports_every_verdict():
+    opts = core.validate({"action": "query", "wait_timeout": 30, "queries": [
+        {"name": "users", "sql": "SELECT count(*) FROM users", "min_value": 1},
+        {"name": "any", "sql": "SELECT 'x'"},
+    ]})
+    client = _QueryClient({"SELECT count(*) FROM users": [{"count": 5}], "SELECT 'x'": [{"?column?": "x"}]})
+    result = core.query(client, opts)
+    assert result["changed"] is False and result["failed_queries"] == 0
+    assert [q["ok"] for q in result["queries"]] == [True, True] and result["queries"][0]["value"] == 5
+    assert client.statements[:3] == ["BEGIN TRANSACTION READ ONLY", "SET LOCAL statement_timeout = 30000",
+                                     "SELECT count(*) FROM users"]
+    assert client.statements.count("ROLLBACK") == 2
+
+
+def test_query_failure_below_min_error_and_no_row_all_reported():
+    opts = core.validate({"action": "query", "wait_timeout": 5, "queries": [
+        {"name": "low", "sql": "a", "min_value": 10},
+        {"name": "boom", "sql": "b"},
+        {"name": "empty", "sql": "c"},
+        {"name": "text", "sql": "d", "min_value": 1},
+    ]})
+    client = _QueryClient({"a": [{"n": 3}], "b": RuntimeError("relation \"x\" does not exist"), "c": [],
+                           "d": [{"v": "abc"}]})
+    with pytest.raises(core.PgDrError) as err:
+        core.query(client, opts)
+    msg = str(err.value)
+    assert "low: 3 < min_value 10" in msg and 'boom: failed: relation "x" does not exist' in msg
+    assert "empty: returned no row" in msg and "not a number" in msg
+    assert err.value.result["failed_queries"] == 4
+
+
+@pytest.mark.parametrize("queries, needle", [
+    (None, "needs queries"),
+    ([], "needs queries"),
+    ([{"sql": "select 1"}], "needs a name"),
+    ([{"name": "a", "sql": ""}], "needs sql"),
+    ([{"name": "a", "sql": "x"}, {"name": "a", "sql": "y"}], "used twice"),
+    ([{"name": "a", "sql": "x", "min_value": "lots"}], "min_value must be a number"),
+    ([{"name": "a", "sql": "x", "max": 1}], "unknown key"),
+])
+def test_query_bad_input(queries, needle):
+    with pytest.raises(core.PgDrError, match=needle):
+        core.validate({"action": "query", "queries": queries})
+
+
+def test_queries_only_with_action_query():
+    with pytest.raises(core.PgDrError, match="only applies to action=query"):
+        core.validate({"action": "info", "queries": [{"name": "a", "sql": "x"}]})

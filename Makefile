@@ -13,9 +13,8 @@ deps:  ## install everything missing on this machine (apt, venv, pm2, ansible-te
 test:  ## the whole suite as CI runs it: deps, lab up, ruff, ansible-lint, sanity, pytest, lab down
 	@bash scripts/test.sh
 
-demo: deps  ## bring the lab up and run the main playbook against inventories/lab
-	python -m lab up
-	ansible-playbook -i inventories/lab playbooks/health_check.yml
+demo: deps  ## the lab DR drill: lab up, app deployed, data written, backup, dr_restore.yml (drill), report
+	bash scripts/demo.sh
 
 lab-up: deps  ## start the local lab (idempotent)
 	python -m lab up

@@ -96,7 +96,8 @@ def recap(proc, host: str) -> dict:
 
 def reports(report_dir: Path) -> list[dict]:
     """Every JSON report in report_dir, oldest first."""
-    files = sorted(p for p in report_dir.glob("dr-*.json") if not p.name.endswith(".journal.json"))
+    files = sorted((p for p in report_dir.glob("dr-*.json") if not p.name.endswith(".journal.json")),
+                   key=lambda p: p.stat().st_mtime_ns)
     return [json.loads(p.read_text()) for p in files]
 
 

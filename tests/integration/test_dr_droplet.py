@@ -109,7 +109,7 @@ def test_drill_restores_into_a_new_database_verifies_and_removes_it(site):
     app = report["app"][0]
     assert app["ok"] and app["database"] == report["restored_db"], app
     assert report["rto_seconds"] > 0 and report["rpo_seconds"] >= 0
-    assert [s["step"] for s in report["steps"]] == ["find_backup", "restore", "verify_db", "start_app", "cleanup"]
+    assert [s["step"] for s in report["steps"]] == ["preflight", "restore", "verify_db", "start_app", "cleanup"]
     md = Path(str(site["reports"])).glob("*.md")
     assert any("PASSED" in p.read_text() for p in md)
     # cleaned up: no drill database, no drill instance, no lock; production untouched
@@ -308,7 +308,7 @@ def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_ap
         assert report["promote"]["promoted"] is True
         assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0
         assert report["rto_seconds"] > 0
-        assert [s["step"] for s in report["steps"]] == ["fence", "promote", "switch_app", "finish"]
+        assert [s["step"] for s in report["steps"]] == ["preflight", "fence", "promote", "switch_app", "finish"]
         assert not pair.standby.in_recovery()
         # the app writes to the promoted standby, with the order written before the loss
         assert _health(site)["status"] == "healthy"

@@ -152,7 +152,7 @@ def test_dockerd_restart_mid_rollout_then_rerun_converges(docker_lab, venv_bin, 
                 timings["dockerd_stop_s"] = daemon.kill(getattr(signal, sig_name))
                 if immediate:
                     timings["dockerd_start_s"] = daemon.start()
-                output, _ = proc.communicate(timeout=120)
+                output = proc.communicate(timeout=120)[0]
                 timings["first_run_failed_after_kill_s"] = time.monotonic() - killed
             finally:
                 if proc.poll() is None:
@@ -241,9 +241,14 @@ def test_restart_policies_across_a_dockerd_restart(docker_lab):
                 time.sleep(0.2)
             daemon.kill(getattr(signal, sig_name))
             daemon.start()
-            time.sleep(2)  # dockerd restarts policy containers in the background after start-up
-            seen[sig_name] = {p: c["State"]["Status"] for p, c in zip(policies, daemon.inspect(*ids.values()),
-                                                                        strict=True)}
+            # dockerd restarts the policy containers in the background once it answers: wait for `always`
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                states = [c["State"]["Status"] for c in daemon.inspect(*ids.values())]
+                if states[1] == "running" and not {"restarting", "created"} & set(states):
+                    break
+                time.sleep(0.2)
+            seen[sig_name] = dict(zip(policies, states, strict=True))
             daemon.docker("rm", "-f", *ids.values())
     assert daemon.leftovers() == {}
     assert seen == {

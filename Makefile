@@ -41,6 +41,6 @@ integration: lab-up  ## integration tests on the running lab
 build: deps  ## the collection tarball, in build/
 	ansible-galaxy collection build --force --output-path build/
 
-molecule: deps  ## molecule test for every role scenario (on the lab's images)
-	python -m lab up docker
+molecule: deps  ## molecule test for every role scenario (on the lab: images, PostgreSQL, Redis, release archives)
+	python -m lab up
 	bash scripts/molecule.sh

@@ -205,19 +205,15 @@ def test_a_second_run_cannot_overlap(site):
 
 def test_drill_killed_mid_run_is_cleaned_up_by_the_next_run(site):
     proc = _dr(site, background=True)
-    journal = None
     try:
-        def restored():
-            for p in site["state"].glob("*.json"):
-                data = json.loads(p.read_text() or "{}")
-                if data.get("data", {}).get("restore_done"):
-                    return data
-            return None
-        journal = h.wait_for(restored, "the journal to say the restore is done", timeout=120, interval=0.05)
+        # the restore has created its database: kill the whole run (ansible-playbook and its modules)
+        left = h.wait_for(lambda: h.databases(site["pg"], site["db"] + "_dr_"), "the drill database",
+                          timeout=120, interval=0.05)
     finally:
         h.kill_group(proc)
-    left = journal["data"]["restored_db"]
-    assert left in h.databases(site["pg"], site["db"] + "_dr_"), "the killed run should have left its database"
+    journal = json.loads(next(site["state"].glob("*.json")).read_text())
+    assert journal["data"]["restored_db"] == left[0], "the journal names the database before it exists"
+    assert left == h.databases(site["pg"], site["db"] + "_dr_"), "the killed run should have left its database"
     proc = _dr(site)
     assert proc.returncode == 0, proc.stdout[-5000:]
     report = h.latest_report(site["reports"])
@@ -251,6 +247,52 @@ def test_restore_with_failed_verification_switches_back_and_keeps_the_old_db(sit
     # the restored database is kept for inspection; remove it for the next test
     assert report["restored_db"] in h.databases(site["pg"], site["db"] + "_dr_")
     h.drop_prefixed(site["pg"], site["db"] + "_dr_")
+
+
+def test_restore_killed_during_the_switch_is_finished_by_the_next_run(site):
+    """On its own database drk_<hex> (the app is redeployed onto it, and back afterwards), so the
+    module's main database stays as the other tests expect."""
+    pg, db = site["pg"], f"drk_{h.token()}"
+    h.create_seeded_db(pg, db)
+    env = json.loads(Path(site["extra"]).read_text())["deploy_droplet_env"]
+    own = {"dr_database": db, "dr_backup_pattern": f"{db}_*.dump",
+           "deploy_droplet_env": dict(env, DATABASE_URL=h.pg_url(pg, db))}
+    try:
+        proc = _play(site, "playbooks/deploy.yml", "-e", "deploy_version=v1", "-e", json.dumps(own))
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        proc = h.run_playbook(site["venv_bin"], site["env"], "playbooks/backup.yml", "-e", f"@{site['extra']}",
+                              "-e", json.dumps(own))
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        before = h.counts(pg, db)
+        proc = _dr(site, "-e", "dr_mode=restore", "-e", json.dumps(own), background=True)
+
+        def switching():
+            for p in site["state"].glob("*.json"):
+                data = json.loads(p.read_text() or "{}")
+                if data.get("data", {}).get("switched"):
+                    return data
+            return None
+
+        try:
+            journal = h.wait_for(switching, "the journal to say the switch started", timeout=180, interval=0.05)
+        finally:
+            h.kill_group(proc)
+        restored = journal["data"]["restored_db"]
+        # never a half-restored database: the switch starts only after the restore and its checks
+        assert h.counts(pg, restored) == before
+        proc = _dr(site, "-e", "dr_mode=restore", "-e", json.dumps(own))
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        report = h.latest_report(site["reports"])
+        assert report["resumed"] and report["restored_db"] == restored and report["old_db"] == db
+        assert _health(site)["services"]["database"]["database"] == restored
+        assert h.databases(pg, db + "_dr_") == [restored]
+        kept = h.databases(pg, db + "_pre_dr_")
+        assert len(kept) == 1 and h.counts(pg, kept[0]) == before
+    finally:
+        proc = _play(site, "playbooks/deploy.yml", "-e", "deploy_version=v1")
+        h.drop_prefixed(pg, db)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert _health(site)["services"]["database"]["database"] == site["db"]
 
 
 def test_restore_switches_the_app_and_keeps_the_old_db_renamed(site):
@@ -325,3 +367,4 @@ def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_ap
         proc = _dr(site, "-e", json.dumps(extra))
         assert proc.returncode == 0, proc.stdout[-4000:]
         assert h.latest_report(site["reports"])["promote"]["promoted"] is False
+

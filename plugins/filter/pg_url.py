@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-
 from ansible_collections.ops.runbooks.plugins.module_utils._pg_url import PgUrlError, read_part, replace_parts
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 
+import dr_helpers as h
 import pytest
 
-import dr_helpers as h
 from lab import core as labcore
 
 HOST = "lab-compose"

@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
+import dr_helpers as h
 import pytest
 
-import dr_helpers as h
 from lab import droplets
 
 HOST = "ops-lab-droplet2"

@@ -507,12 +507,8 @@ class ApiClientWrapper:
         return self._call("POST", resource_path(kind, namespace), body=body, content_type="application/json")
 
     def delete(self, kind, namespace, name):
-        return self._call(
-            "DELETE",
-            resource_path(kind, namespace, name),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            content_type="application/json",
-        )
+        # DeleteOptions as a query parameter (the API server accepts both; no body to drain)
+        return self._call("DELETE", resource_path(kind, namespace, name), {"propagationPolicy": "Background"})
 
 
 def _exec_plugin_failure(module, api) -> str | None:

@@ -20,6 +20,7 @@ import dr_helpers as h
 import pytest
 
 from tests.k8s_sim import FakeApiServer, deployment, write_kubeconfig
+from tests.k8s_sim.ansible_run import run_module
 from tests.k8s_sim.scenarios import settle_all
 
 NS, APP, IMAGE = "opslab", "opslab-api", "registry.lab.invalid/opslab-api:v1"
@@ -313,3 +314,108 @@ def test_database_url_from_a_secret_is_refused(site):
     ), text[-3000:]
     assert srv.get("deployments", APP, NS)["spec"] == before["spec"]
     assert h.databases(site["pg"], site["db"] + "_pre_dr_") == []
+
+
+# ---- the k8s_rollback actions the eks platform uses, through Ansible (no database needed) ------
+
+
+@pytest.fixture
+def sim(tmp_path):
+    srv = FakeApiServer(seed="dr-eks-module", auto_tick=0.05, token=TOKEN).start()
+    deployment(srv, APP, image=IMAGE, replicas=2, ns=NS)
+    deployment(srv, "other", image="other:v1", replicas=1, ns=NS)
+    container = {"name": APP, "env": [{"name": "DATABASE_URL", "value": "postgresql://app:s3cret-9f2@db/app"}]}
+    srv.patch("deployments", APP, {"spec": {"template": {"spec": {"containers": [container]}}}}, "strategic", NS)
+    settle_all(srv)
+    srv.kubeconfig = str(write_kubeconfig(tmp_path / "kubeconfig", srv.url, token=TOKEN))
+    yield srv
+    srv.stop()
+
+
+def _copy_args(srv, **kw) -> dict:
+    args = {
+        "kubeconfig": srv.kubeconfig,
+        "namespace": NS,
+        "name": APP,
+        "action": "copy",
+        "copy_name": DRILL,
+        "copy_labels": {"app": DRILL},
+        "env": {"DATABASE_URL": "postgresql://app:s3cret-9f2@db/app_dr_1"},
+        "wait_timeout": 60,
+    }
+    args.update(kw)
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def test_copy_and_delete_copy_check_mode_real_and_again(sim, venv_bin, ansible_env):
+    prod = sim.get("deployments", APP, NS)
+    check, _ = run_module(venv_bin, ansible_env, _copy_args(sim), check=True)
+    assert check["changed"] and not check.get("failed") and sim.get("deployments", DRILL, NS) is None, check
+    real, _ = run_module(venv_bin, ansible_env, _copy_args(sim))
+    assert real["changed"] and real["definition"] == check["definition"], real
+    assert real["rollout"]["done"] and real["msg"] == f"deployment.apps/{DRILL} created"
+    copy = sim.get("deployments", DRILL, NS)
+    assert copy["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "DATABASE_URL", "value": "postgresql://app:s3cret-9f2@db/app_dr_1"}
+    ]
+    assert copy["status"]["availableReplicas"] == 1 and copy["spec"]["selector"] == {"matchLabels": {"app": DRILL}}
+    again, _ = run_module(venv_bin, ansible_env, _copy_args(sim))
+    assert not again["changed"] and again["msg"] == f"deployment.apps/{DRILL} already up to date", again
+    assert sim.get("deployments", APP, NS)["spec"] == prod["spec"]
+
+    status, _ = run_module(
+        venv_bin,
+        ansible_env,
+        {
+            "kubeconfig": sim.kubeconfig,
+            "namespace": NS,
+            "name": APP,
+            "action": "status",
+            "wait": False,
+            "return_env": True,
+        },
+    )
+    assert status["env"] == {APP: [{"name": "DATABASE_URL", "value": "postgresql://app:s3cret-9f2@db/app"}]}
+    assert not status["changed"]
+
+    delete = {"kubeconfig": sim.kubeconfig, "namespace": NS, "name": APP, "action": "delete_copy", "copy_name": DRILL}
+    dcheck, _ = run_module(venv_bin, ansible_env, delete, check=True)
+    assert dcheck["changed"] and sim.get("deployments", DRILL, NS) is not None
+    dreal, _ = run_module(venv_bin, ansible_env, delete)
+    assert dreal["changed"] and sim.get("deployments", DRILL, NS) is None, dreal
+    dagain, _ = run_module(venv_bin, ansible_env, delete)
+    assert not dagain["changed"] and dagain["msg"] == f'deployment.apps "{DRILL}" already absent'
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ({"copy_labels": {"app": APP}}, f"share no label with the pods of Deployment {NS}/{APP} (shared: app={APP})"),
+        ({"copy_labels": {"app": 5}}, "copy_labels must be valid Kubernetes labels"),
+        ({"copy_labels": {"app": "x" * 64}}, "copy_labels must be valid Kubernetes labels"),
+        ({"copy_name": "Drill_Copy"}, "copy_name must be a Kubernetes name"),
+        ({"copy_name": APP}, f"copy_name {APP} is the Deployment itself"),
+        ({"copy_name": "other"}, f"Deployment {NS}/other exists and is not a copy of Deployment {NS}/{APP}"),
+        ({"copy_labels": None}, "action is copy but all of the following are missing: copy_labels"),
+        ({"kind": "StatefulSet"}, "action=copy works on a Deployment only, not a StatefulSet"),
+        ({"action": "set"}, "copy_name, copy_namespace and copy_labels only apply to action=copy and delete_copy"),
+        (
+            {"action": "delete_copy", "copy_labels": None, "env": None, "copy_name": "other"},
+            f"Deployment {NS}/other is not a copy of Deployment {NS}/{APP}",
+        ),
+        (
+            {"action": "set", "copy_name": None, "copy_labels": None, "return_env": True},
+            "return_env only applies to action=status",
+        ),
+        ({"name": "missing"}, f'deployments.apps "missing" not found in namespace {NS}'),
+        ({"kubeconfig": None, "host": "http://127.0.0.1:9"}, "cannot reach the API server"),
+    ],
+)
+def test_copy_bad_input_fails_clearly_and_changes_nothing(sim, venv_bin, ansible_env, args, needle):
+    before = {n: sim.get("deployments", n, NS) for n in (APP, "other")}
+    res, proc = run_module(venv_bin, ansible_env, _copy_args(sim, **args))
+    assert res.get("failed") and needle in res["msg"], res.get("msg")
+    assert "Traceback" not in proc.stdout + proc.stderr and not res.get("changed")
+    assert {n: sim.get("deployments", n, NS) for n in (APP, "other")} == before
+    assert sim.get("deployments", DRILL, NS) is None and sim.patches == []
+    assert not [r for r in sim.requests if r[0] in ("POST", "PUT", "DELETE")]

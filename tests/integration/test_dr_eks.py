@@ -190,6 +190,27 @@ def test_drill_secrets_never_shown_at_vvv(site):
     assert site["pg"]["password"] not in proc.stdout + proc.stderr
 
 
+def test_drill_killed_while_its_copy_rolls_out_is_cleaned_up_by_the_next_run(site):
+    srv = site["srv"]
+    srv.controller.enabled = False  # the copy is created but does not roll out: the run waits there
+    proc = _dr(site, background=True)
+    try:
+        h.wait_for(lambda: srv.get("deployments", DRILL, NS), "the drill copy", timeout=300, interval=0.05)
+    finally:
+        h.kill_group(proc)
+        srv.controller.enabled = True
+    left = h.databases(site["pg"], site["db"] + "_dr_")
+    assert len(left) == 1 and list(site["state"].glob("*.json")), "the killed run should have left its DB and lock"
+    proc = _dr(site)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    report = h.latest_report(site["reports"])
+    assert report["result"] == "passed" and report["resumed"], report
+    # the leftover copy was deleted before the new drill made (and removed) its own
+    deletes = [r[1] for r in srv.requests if r[0] == "DELETE"]
+    assert len(deletes) == 2 and len(_added(srv, DRILL)) == 2 and srv.get("deployments", DRILL, NS) is None
+    assert h.databases(site["pg"], site["db"] + "_dr_") == [] and not list(site["state"].glob("*.json"))
+
+
 def test_restore_switches_the_deployment_env_and_keeps_the_old_database(site, app_health):
     srv = site["srv"]
     before_counts = h.counts(site["pg"], site["db"])

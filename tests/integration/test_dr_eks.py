@@ -214,8 +214,9 @@ def test_drill_killed_while_its_copy_rolls_out_is_cleaned_up_by_the_next_run(sit
 def test_restore_switches_the_deployment_env_and_keeps_the_old_database(site, app_health):
     srv = site["srv"]
     before_counts = h.counts(site["pg"], site["db"])
-    proc = _dr(site, "-e", "dr_mode=restore", "-e", f"dr_app_url={app_health['url']}")
+    proc = _dr(site, "-e", "dr_mode=restore", "-e", f"dr_app_url={app_health['url']}", "-vvv")
     assert proc.returncode == 0, proc.stdout[-5000:]
+    assert site["pg"]["password"] not in proc.stdout + proc.stderr  # the URLs set on the Deployment hold it
     report = h.latest_report(site["reports"])
     restored = report["restored_db"]
     assert report["result"] == "passed" and report["old_db"] == site["db"], report
@@ -232,6 +233,21 @@ def test_restore_switches_the_deployment_env_and_keeps_the_old_database(site, ap
     assert len(kept) == 1 and h.counts(site["pg"], kept[0]) == before_counts
     assert h.counts(site["pg"], restored) == before_counts
     assert srv.get("deployments", DRILL, NS) is None and not _added(srv, DRILL)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the lead's change: restore.yml/promote.yml skip verify_app.yml when dr_verify_http is false "
+    "(default true, in defaults/main.yml + meta/argument_specs.yml); until then verify_app.yml asks an empty "
+    "dr_app_url and the run switches back",
+)
+def test_restore_without_http_relies_on_the_verified_rollout(site):
+    srv = site["srv"]
+    proc = _dr(site, "-e", "dr_mode=restore", "-e", "dr_verify_http=false", "-e", "dr_health_timeout=2")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    report = h.latest_report(site["reports"])
+    assert report["result"] == "passed" and [(c["phase"], c["ok"]) for c in report["app"]] == [("rollout", True)]
+    assert _db_of(srv) == report["restored_db"]
 
 
 def test_restore_whose_app_fails_verification_is_switched_back(site, app_health):

@@ -190,6 +190,15 @@ def test_drill_secrets_never_shown_at_vvv(site):
     assert site["pg"]["password"] not in proc.stdout + proc.stderr
 
 
+def test_check_mode_only_plans(site):
+    srv = site["srv"]
+    proc = _dr(site, "--check", "-e", "dr_mode=restore")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "check mode: a real restore run would restore" in " ".join(proc.stdout.split())
+    assert srv.patches == [] and not [r for r in srv.requests if r[0] in ("POST", "PUT", "DELETE")]
+    assert h.databases(site["pg"], site["db"] + "_") == []
+
+
 def test_drill_killed_while_its_copy_rolls_out_is_cleaned_up_by_the_next_run(site):
     srv = site["srv"]
     srv.controller.enabled = False  # the copy is created but does not roll out: the run waits there

@@ -154,7 +154,7 @@ def test_drill_runs_a_copy_out_of_production_on_the_restored_database_and_remove
     restored = report["restored_db"]
     assert restored.startswith(site["db"] + "_dr_")
     assert report["rows_verified"] == sum(before_counts.values()) and report["tables_verified"] == 3
-    assert [s["step"] for s in report["steps"]] == ["find_backup", "restore", "verify_db", "start_app", "cleanup"]
+    assert [s["step"] for s in report["steps"]] == ["preflight", "restore", "verify_db", "start_app", "cleanup"]
     check = report["app"][0]
     assert check["ok"] and check["phase"] == "drill" and check["check"] == "rollout", check
     assert check["status"] == f'deployment "{DRILL}" successfully rolled out' and check["database"] == restored
@@ -244,12 +244,6 @@ def test_restore_switches_the_deployment_env_and_keeps_the_old_database(site, ap
     assert srv.get("deployments", DRILL, NS) is None and not _added(srv, DRILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the lead's change: restore.yml/promote.yml skip verify_app.yml when dr_verify_http is false "
-    "(default true, in defaults/main.yml + meta/argument_specs.yml); until then verify_app.yml asks an empty "
-    "dr_app_url and the run switches back",
-)
 def test_restore_without_http_relies_on_the_verified_rollout(site):
     srv = site["srv"]
     proc = _dr(site, "-e", "dr_mode=restore", "-e", "dr_verify_http=false", "-e", "dr_health_timeout=2")

@@ -17,6 +17,6 @@ echo "=== take a backup"
 ansible-playbook playbooks/backup.yml
 echo "=== DR drill"
 ansible-playbook playbooks/dr_restore.yml --limit "$host" -e dr_mode=drill
-report=$(ls -t /tmp/ops-runbooks-lab/dr-reports/*.md | head -n 1)
+report=$(find /tmp/ops-runbooks-lab/dr-reports -name "*.md" -printf "%T@ %p\n" | sort -n | tail -n 1 | cut -d" " -f2-)
 echo "=== report: $report"
 cat "$report"

@@ -199,7 +199,7 @@ def test_a_second_run_cannot_overlap(site):
         assert second.returncode != 0
         assert "another DR run is in progress" in second.stdout, second.stdout[-3000:]
     finally:
-        out, _ = first.communicate(timeout=300)
+        out, _unused = first.communicate(timeout=300)
     assert first.returncode == 0, out[-4000:]
 
 
@@ -309,7 +309,7 @@ def test_restore_switches_the_app_and_keeps_the_old_db_renamed(site):
     assert h.counts(site["pg"], new) == before
     assert any("update DATABASE_URL in the inventory" in n for n in report["notes"])
     # writes go to the restored database now
-    status, _ = h.http_json(site["url"] + "/api/orders", "POST", {"amount": 3})
+    status, _unused = h.http_json(site["url"] + "/api/orders", "POST", {"amount": 3})
     assert status == 201 and h.counts(site["pg"], new)["orders"] == before["orders"] + 1
 
 
@@ -367,4 +367,3 @@ def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_ap
         proc = _dr(site, "-e", json.dumps(extra))
         assert proc.returncode == 0, proc.stdout[-4000:]
         assert h.latest_report(site["reports"])["promote"]["promoted"] is False
-

@@ -389,9 +389,9 @@ def _copy_args(srv, **kw) -> dict:
 
 def test_copy_and_delete_copy_check_mode_real_and_again(sim, venv_bin, ansible_env):
     prod = sim.get("deployments", APP, NS)
-    check, _ = run_module(venv_bin, ansible_env, _copy_args(sim), check=True)
+    check, _unused = run_module(venv_bin, ansible_env, _copy_args(sim), check=True)
     assert check["changed"] and not check.get("failed") and sim.get("deployments", DRILL, NS) is None, check
-    real, _ = run_module(venv_bin, ansible_env, _copy_args(sim))
+    real, _unused = run_module(venv_bin, ansible_env, _copy_args(sim))
     assert real["changed"] and real["definition"] == check["definition"], real
     assert real["rollout"]["done"] and real["msg"] == f"deployment.apps/{DRILL} created"
     copy = sim.get("deployments", DRILL, NS)
@@ -399,11 +399,11 @@ def test_copy_and_delete_copy_check_mode_real_and_again(sim, venv_bin, ansible_e
         {"name": "DATABASE_URL", "value": "postgresql://app:s3cret-9f2@db/app_dr_1"}
     ]
     assert copy["status"]["availableReplicas"] == 1 and copy["spec"]["selector"] == {"matchLabels": {"app": DRILL}}
-    again, _ = run_module(venv_bin, ansible_env, _copy_args(sim))
+    again, _unused = run_module(venv_bin, ansible_env, _copy_args(sim))
     assert not again["changed"] and again["msg"] == f"deployment.apps/{DRILL} already up to date", again
     assert sim.get("deployments", APP, NS)["spec"] == prod["spec"]
 
-    status, _ = run_module(
+    status, _unused = run_module(
         venv_bin,
         ansible_env,
         {
@@ -419,11 +419,11 @@ def test_copy_and_delete_copy_check_mode_real_and_again(sim, venv_bin, ansible_e
     assert not status["changed"]
 
     delete = {"kubeconfig": sim.kubeconfig, "namespace": NS, "name": APP, "action": "delete_copy", "copy_name": DRILL}
-    dcheck, _ = run_module(venv_bin, ansible_env, delete, check=True)
+    dcheck, _unused = run_module(venv_bin, ansible_env, delete, check=True)
     assert dcheck["changed"] and sim.get("deployments", DRILL, NS) is not None
-    dreal, _ = run_module(venv_bin, ansible_env, delete)
+    dreal, _unused = run_module(venv_bin, ansible_env, delete)
     assert dreal["changed"] and sim.get("deployments", DRILL, NS) is None, dreal
-    dagain, _ = run_module(venv_bin, ansible_env, delete)
+    dagain, _unused = run_module(venv_bin, ansible_env, delete)
     assert not dagain["changed"] and dagain["msg"] == f'deployment.apps "{DRILL}" already absent'
 
 

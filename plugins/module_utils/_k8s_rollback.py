@@ -658,7 +658,7 @@ class Rollout:
         if self.kind != "Deployment":
             raise RollbackError(f"action=copy works on a Deployment, not a {self.kind}", self.result)
         ns = copy_namespace or self.ns
-        self.result["copy"] = {"name": copy_name, "namespace": ns}
+        self.result["copied_to"] = {"name": copy_name, "namespace": ns}
         if (copy_name, ns) == (self.name, self.ns):
             raise RollbackError(
                 f"copy_name {copy_name} is the Deployment itself; give the copy another name", self.result
@@ -745,7 +745,7 @@ class Rollout:
         pods go with it). Absent = nothing to do; a Deployment that is not a copy of this one is
         refused."""
         ns = copy_namespace or self.ns
-        self.result["copy"] = {"name": copy_name, "namespace": ns}
+        self.result["copied_to"] = {"name": copy_name, "namespace": ns}
         if (copy_name, ns) == (self.name, self.ns):
             raise RollbackError(f"copy_name {copy_name} is the Deployment itself; refusing to delete it", self.result)
         try:

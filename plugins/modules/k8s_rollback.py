@@ -363,7 +363,7 @@ env_from:
   returned: with O(action=status) and O(return_env)
   type: dict
   sample: {"app": [{"secretRef": {"name": "app-env"}}]}
-copy:
+copied_to:
   description: Name and namespace of the copy.
   returned: with O(action=copy) and O(action=delete_copy)
   type: dict

@@ -138,6 +138,44 @@ def test_failed_smoke_queries_fail_the_drill_read_only_and_clean_up(site):
     assert h.counts(site["pg"], site["db"]) == before
 
 
+@pytest.fixture
+def tiny_tablespace(site):
+    """A tablespace on a 2 MiB tmpfs on the lab's PostgreSQL: a restore target that is out of disk."""
+    import subprocess
+
+    name = f"drt_ts_{h.token()}"
+    path = Path(f"/tmp/{name}")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        subprocess.run(["chown", "postgres:postgres", str(path)], check=True)
+        with h.admin(site["pg"]) as conn:
+            conn.execute(f"CREATE TABLESPACE {name} LOCATION '{path}'")
+        yield name
+    finally:
+        with h.admin(site["pg"]) as conn:
+            conn.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        subprocess.run(["umount", str(path)], check=False)
+        path.rmdir()
+
+
+def test_restore_target_out_of_disk_fails_before_or_cleanly(site, tiny_tablespace):
+    before = h.databases(site["pg"], site["db"])
+    # the preflight sees that the backed-up database does not fit: nothing is created
+    proc = _dr(site, "-e", f"dr_restore_tablespace={tiny_tablespace}")
+    assert proc.returncode != 0
+    assert "free" in proc.stdout and tiny_tablespace in proc.stdout, proc.stdout[-4000:]
+    assert "Traceback" not in proc.stdout
+    assert h.databases(site["pg"], site["db"]) == before
+    # told the estimate is tiny, the restore itself runs out of disk: a clean failure, nothing left
+    proc = _dr(site, "-e", f"dr_restore_tablespace={tiny_tablespace}", "-e", "dr_space_factor=0.0001")
+    assert proc.returncode != 0
+    assert "None of the 1 newest backups passed verification" in proc.stdout, proc.stdout[-4000:]
+    assert h.databases(site["pg"], site["db"]) == before
+    assert not list(site["state"].glob("*.json"))
+    assert h.latest_report(site["reports"])["result"] == "failed"
+
+
 def test_check_mode_only_plans(site):
     proc = _dr(site, "--check")
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -295,11 +333,28 @@ def test_restore_killed_during_the_switch_is_finished_by_the_next_run(site):
     assert _health(site)["services"]["database"]["database"] == site["db"]
 
 
-def test_restore_switches_the_app_and_keeps_the_old_db_renamed(site):
+def test_restore_switches_the_app_and_keeps_the_old_db_renamed(site, redis_lab):
+    import redis
+
     _backup(site)
     before = h.counts(site["pg"], site["db"])
-    proc = _dr(site, "-e", "dr_mode=restore", "-e", json.dumps({"dr_verify_urls": [{"path": "/api/stats"}]}))
-    assert proc.returncode == 0, proc.stdout[-5000:]
+    rd = redis_lab["standalone"]
+    cache = redis.Redis(host=rd["host"], port=rd["port"], password=rd["password"])
+    stale, other = f"drt:{site['db']}:cache", f"drt:{site['db']}-keep"
+    for i in range(20):
+        cache.set(f"{stale}:{i}", "stale")
+    cache.set(other, "kept")
+    extra = {"dr_verify_urls": [{"path": "/api/stats"}], "dr_flush_cache": True, "dr_cache_patterns": [f"{stale}:*"],
+             "dr_redis": {"login_host": rd["host"], "login_port": rd["port"], "login_password": rd["password"]}}
+    try:
+        proc = _dr(site, "-e", "dr_mode=restore", "-e", json.dumps(extra))
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        # the stale cache keys are gone, nothing else was flushed
+        assert list(cache.scan_iter(f"{stale}:*")) == [] and cache.get(other) == b"kept"
+    finally:
+        cache.delete(other, *[f"{stale}:{i}" for i in range(20)])
+        cache.close()
+    assert rd["password"] not in proc.stdout
     report = h.latest_report(site["reports"])
     new = report["restored_db"]
     assert report["result"] == "passed" and report["old_db"] == site["db"]

@@ -498,7 +498,7 @@ def test_copy_creates_then_is_idempotent_then_updates_and_check_mode_matches():
     client = CopyClient(_app())
     real = _rollout(client).copy("web-dr-drill", None, DRILL, env=env, container="web")
     assert real["changed"] and real["definition"] == check["definition"] and real["rollout"]["done"]
-    assert real["msg"] == "deployment.apps/web-dr-drill created" and real["copy"] == {
+    assert real["msg"] == "deployment.apps/web-dr-drill created" and real["copied_to"] == {
         "name": "web-dr-drill",
         "namespace": "default",
     }

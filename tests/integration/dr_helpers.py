@@ -67,6 +67,12 @@ def redis_url(rd: dict) -> str:
     return f"redis://:{rd['password']}@{rd['host']}:{rd['port']}/0"
 
 
+def dr_vars(db: str, tmp: Path, drill_port: int) -> dict:
+    """The dr_* extra vars of a test site: its database, and backups, reports and lock under tmp."""
+    return {"dr_database": db, "dr_backup_dir": str(tmp / "backups"), "dr_backup_pattern": f"{db}_*.dump",
+            "dr_report_dir": str(tmp / "reports"), "dr_state_dir": str(tmp / "state"), "dr_drill_port": drill_port}
+
+
 def run_playbook(venv_bin: Path, env: dict, playbook: str, *args: str, timeout: float = 900,
                  background: bool = False):
     cmd = [str(venv_bin / "ansible-playbook"), "-i", str(REPO / "inventories" / "lab"), playbook, *args]

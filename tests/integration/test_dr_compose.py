@@ -48,12 +48,7 @@ def site(lab_state, pg_lab, redis_lab, docker_lab, venv_bin, ansible_env, tmp_pa
         "deploy_compose_health_urls": [],
         "deploy_compose_prune": False,
         "deploy_health_url": f"http://127.0.0.1:{app_port}/api/health",
-        "dr_database": db,
-        "dr_backup_dir": str(tmp / "backups"),
-        "dr_backup_pattern": f"{db}_*.dump",
-        "dr_report_dir": str(tmp / "reports"),
-        "dr_state_dir": str(tmp / "state"),
-        "dr_drill_port": drill_port,
+        **h.dr_vars(db, tmp, drill_port),
         "dr_drill_env": {"APP_PORT": str(drill_port)},
     }
     extra_file = tmp / "extra.json"

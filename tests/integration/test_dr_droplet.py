@@ -43,12 +43,7 @@ def site(lab_state, pg_lab, redis_lab, droplets_lab, venv_bin, ansible_env, tmp_
             "DATABASE_URL": h.pg_url(pg, db),
             "REDIS_URL": h.redis_url(rd),
         },
-        "dr_database": db,
-        "dr_backup_dir": str(tmp / "backups"),
-        "dr_backup_pattern": f"{db}_*.dump",
-        "dr_report_dir": str(tmp / "reports"),
-        "dr_state_dir": str(tmp / "state"),
-        "dr_drill_port": drill_port,
+        **h.dr_vars(db, tmp, drill_port),
     }
     extra_file = tmp / "extra.json"
     extra_file.write_text(json.dumps(extra))

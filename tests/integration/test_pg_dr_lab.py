@@ -5,7 +5,6 @@ bad-input table and a -vvv run that must not show the password."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
@@ -15,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pg_health_helpers
 import psycopg
 import pytest
 from ansible_collections.ops.runbooks.plugins.module_utils._backup_verify import SCRATCH_TAG
@@ -29,22 +29,8 @@ PROMOTE_KEYS = ("changed", "promoted", "in_recovery", "receive_lsn", "replay_lsn
 
 def adhoc(venv_bin, env, args: dict, *extra: str, check_mode: bool = False, diff: bool = False):
     """Run pg_dr once with `ansible localhost -m`; return (rc, module result, all output)."""
-    cmd = [str(venv_bin / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "ops.runbooks.pg_dr",
-           "-a", json.dumps(args), "-e", f"ansible_python_interpreter={venv_bin / 'python'}", *extra]
-    if check_mode:
-        cmd.append("--check")
-    if diff:
-        cmd.append("--diff")
-    run_env = dict(env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal",
-                   ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_LOCALHOST_WARNING="0")
-    proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=False, timeout=180)
-    out = proc.stdout + proc.stderr
-    result = {}
-    match = re.search(r"^localhost \| [A-Z!]+ => (\{.*?^\})", proc.stdout, re.S | re.M)
-    if match:
-        with contextlib.suppress(ValueError):
-            result = json.loads(match.group(1))
-    return proc.returncode, result, out
+    return pg_health_helpers.adhoc(venv_bin, env, args, *extra, check_mode=check_mode, diff=diff,
+                                   module="ops.runbooks.pg_dr")
 
 
 def closed_port() -> int:

@@ -220,6 +220,7 @@ def main():
         print(f"# playbooks/backup.yml of {BIG}: {backup_s:.1f} s, custom dump {dump_mb:.0f} MB", flush=True)
         deploy_s = bench.deploy()
         print(f"# app deployed on {HOST} (pm2 {APP}, PORT {bench.app_port}) in {deploy_s:.1f} s", flush=True)
+        print(f"# load average before the timed runs: {loadavg()}", flush=True)
 
         tiny_base, tiny = [], []
         for rnd in range(a.tiny_rounds):
@@ -308,8 +309,11 @@ def main():
     for name, secs in [t for t in mid["profile"] if RESTORE_TASK not in t[0]][:10]:
         print(f"| {name} | {secs:.2f} |")
     restore = [t for t in mid["profile"] if RESTORE_TASK in t[0]]
+    small = [t[1] for t in mid["profile"] if t[1] < 1.0]
     if restore:
-        print(f"(the restore task itself: {restore[0][1]:.2f} s; all tasks: {sum(t[1] for t in mid['profile']):.2f} s)")
+        print(f"(the restore task itself: {restore[0][1]:.2f} s; all {len(mid['profile'])} tasks: "
+              f"{sum(t[1] for t in mid['profile']):.2f} s, of which {len(small)} tasks under 1 s each: "
+              f"{sum(small):.2f} s)")
     print()
     print("Slowest tasks, tiny drill:")
     print()

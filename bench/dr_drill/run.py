@@ -14,7 +14,7 @@ cost of the role. Everything it made is removed at the end.
 Do not run it while the droplet integration tests run (they use ops-lab-droplet2 too).
 Not collected by pytest, not run by `make test`:
 
-    .venv/bin/python bench/dr_drill/run.py [--size-mb 1100] [--jobs 2] [--rounds 3] [--tiny-rounds 3]
+    .venv/bin/python bench/dr_drill/run.py [--size-mb 1100] [--jobs 2] [--rounds 3] [--tiny-rounds 3] [--durable]
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tiny-rounds", type=int, default=3, help="drills of the schema-only database (fixed cost)")
+    ap.add_argument("--durable", action="store_true",
+                    help="fsync, full_page_writes and synchronous_commit on (as in production) instead of off")
     a = ap.parse_args()
 
     print(f"# nproc {os.cpu_count()}, load average before: {loadavg()}", flush=True)
@@ -201,6 +203,13 @@ def main():
     bench = None
     try:
         server.start()
+        if a.durable:  # later lines of postgresql.auto.conf win; all three take effect on reload
+            with open(server.data / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+                conf.write("fsync = on\nfull_page_writes = on\nsynchronous_commit = on\n")
+            core.run([bv.PG_BIN / "pg_ctl", "-D", server.data, "reload"], user="postgres")
+            time.sleep(1)
+        settings = server.psql("SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings "
+                               "WHERE name IN ('fsync', 'full_page_writes', 'synchronous_commit')")
         t0 = time.monotonic()
         size = bv.fill(server, BIG, a.size_mb)
         bv.sh(["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", server.port, "-U", "postgres",
@@ -266,7 +275,7 @@ def main():
 
     print()
     print(f"Database {size / 1e6:.0f} MB, custom dump {dump_mb:.0f} MB, jobs={a.jobs}, {a.rounds} rounds; "
-          f"nproc {os.cpu_count()}; private PostgreSQL 15 (fsync off); app on {HOST} (pm2, 1 instance)")
+          f"nproc {os.cpu_count()}; private PostgreSQL 15 ({settings}); app on {HOST} (pm2, 1 instance)")
     print()
     print("| round | bare pg_restore s | drill wall s | wall / bare | drill RTO s | RTO / bare | role's restore step s "
           "| its pg_restore s | overhead (wall - pg_restore) s |")

@@ -13,9 +13,8 @@ deps:  ## install everything missing on this machine (apt, venv, pm2, ansible-te
 test:  ## the whole suite as CI runs it: deps, lab up, ruff, ansible-lint, sanity, pytest, lab down
 	@bash scripts/test.sh
 
-demo: deps  ## bring the lab up and run the main playbook against inventories/lab
-	python -m lab up
-	ansible-playbook -i inventories/lab playbooks/health_check.yml
+demo: deps  ## the lab DR drill: lab up, app deployed, data written, backup, dr_restore.yml (drill), report
+	bash scripts/demo.sh
 
 lab-up: deps  ## start the local lab (idempotent)
 	python -m lab up
@@ -42,6 +41,6 @@ integration: lab-up  ## integration tests on the running lab
 build: deps  ## the collection tarball, in build/
 	ansible-galaxy collection build --force --output-path build/
 
-molecule: deps  ## molecule test for every role scenario (on the lab's images)
-	python -m lab up docker
+molecule: deps  ## molecule test for every role scenario (on the lab: images, PostgreSQL, Redis, release archives)
+	python -m lab up
 	bash scripts/molecule.sh

@@ -21,8 +21,10 @@ from . import core, images
 SOCKET = Path("/var/run/docker.sock")
 DOCKER_HOST = f"unix://{SOCKET}"
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
-# Extra dockerd options (a test can run an isolated daemon). Never `--bridge none`: dockerd
-# then deletes the host's docker0 link, breaking the default bridge for every other daemon.
+# Extra dockerd options (a test can run an isolated daemon). Never `--bridge none`, and never
+# `--default-address-pool` on a daemon that is restarted with live-restore off: both make
+# dockerd delete the host's docker0 link, breaking the default bridge for every other daemon
+# (tests/integration/private_dockerd.py shows how to run a private daemon safely).
 DOCKERD_ARGS: list[str] = []
 TRIXIE_MIRROR = os.environ.get("OPS_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 COMPOSE_IN_DEB = "usr/libexec/docker/cli-plugins/docker-compose"

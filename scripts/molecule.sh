@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `molecule test` for every role that has scenarios (roles/*/molecule/*), on the lab's
-# locally built images. Needs the docker lab part: `python -m lab up docker`.
+# locally built images. Needs the lab up (`python -m lab up`): the dr scenario uses its PostgreSQL,
+# Redis and the droplet release archives.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD

@@ -282,6 +282,26 @@ def should_fail(status: str, fail_on: str) -> bool:
     return SEVERITY[status] >= SEVERITY[fail_on]
 
 
+_DISK_FULL = re.compile(r"No space left on device|could not extend file|disk full|quota exceeded", re.I)
+
+
+def disk_full_message(stderr: str, tablespace: str | None, database: str, manifest: dict | None,
+                      doing: str = "restoring into") -> str | None:
+    """A user-facing message when `stderr` says the restore target ran out of space, else None."""
+    lines = [ln.strip() for ln in (stderr or "").splitlines() if _DISK_FULL.search(ln)]
+    if not lines:
+        return None
+    where = f"tablespace {tablespace}" if tablespace else "the restore target's default tablespace (pg_default)"
+    need = ""
+    size = (manifest or {}).get("database_size_bytes")
+    if size:
+        need = f" (the source database was {human_size(size)} when it was dumped)"
+    return (f"the restore target ran out of disk space in {where} while {doing} scratch database {database}: "
+            f"{lines[0][:300]}. The backup itself may be fine; the scratch database is dropped (a failed drop is "
+            f"reported as cleanup). Free space in {where}, or set scratch_tablespace to a tablespace with room for "
+            f"the restored database{need}")
+
+
 # ---------------------------------------------------------------------------- scratch databases
 
 
@@ -554,6 +574,7 @@ class Verifier:
         self.toc_ids: dict = {}
         self.counter: TableCounter | None = None
         self._pending: str | None = None  # being created: ours even if a signal lands mid-CREATE
+        self.manifest: dict | None = None
 
     @contextmanager
     def _timed(self, name):
@@ -750,6 +771,7 @@ class Verifier:
 
     def _restore(self, path, fmt, manifest):
         o = self.o
+        self.manifest = manifest
         try:
             admin = self.target(o.get("target_db") or "postgres")
         except TargetError as exc:
@@ -836,14 +858,25 @@ class Verifier:
                 continue
             self._pending = name  # checked free just above: from here on it is ours to drop
             try:
-                admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0")
+                space = o.get("scratch_tablespace")
+                admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0"
+                              + (f" TABLESPACE {quote_ident(space)}" if space else ""))
             except Exception as exc:  # noqa: BLE001  (race with another run, permissions ...)
                 self._pending = None
                 text = " ".join(str(exc).split())
                 if "already exists" in text and not explicit:
                     continue
-                self._set("restore", check(CRITICAL, f"cannot create scratch database {name} on the restore "
-                                                     f"target: {text}; the restore_target user needs CREATEDB"))
+                full = disk_full_message(text, space, name, None, doing="creating")
+                if full:
+                    hint = full
+                elif space and "tablespace" in text:
+                    hint = (f"cannot create scratch database {name} in tablespace {space} on the restore target: "
+                            f"{text}; create the tablespace, grant CREATE on it to the restore_target user, or fix "
+                            "scratch_tablespace")
+                else:
+                    hint = (f"cannot create scratch database {name} on the restore target: {text}; the "
+                            "restore_target user needs CREATEDB")
+                self._set("restore", check(CRITICAL, hint))
                 self._set("row_counts", skipped("no restore"))
                 self._set("integrity", skipped("no restore"))
                 return name, False
@@ -878,6 +911,11 @@ class Verifier:
             else:
                 rc, _out, err = self.runner.run(argv, env=env, capture_stdout=False)
             if rc != 0:
+                full = disk_full_message(err, o.get("scratch_tablespace"), name, self.manifest)
+                if full:
+                    self._set("restore", check(CRITICAL, full, rc))
+                    self._set("integrity", skipped("the restore stopped on a full disk, not on the archive"))
+                    return False
                 self._set("restore", check(CRITICAL, f"pg_restore into scratch database {name} failed: "
                                                      f"{last_line(err)}", rc))
                 self._set("integrity", check(CRITICAL, "the archive did not restore completely (see restore)"))
@@ -892,6 +930,11 @@ class Verifier:
             except IntegrityError as exc:
                 self._set("integrity", check(CRITICAL, f"{exc}: the restore stopped there"))
                 self._set("restore", check(CRITICAL, f"restore into {name} aborted: {exc}"))
+                return False
+            full = disk_full_message(err, o.get("scratch_tablespace"), name, self.manifest) if rc != 0 else None
+            if full:
+                self._set("restore", check(CRITICAL, full, rc))
+                self._set("integrity", skipped("the restore stopped on a full disk before the end of the SQL"))
                 return False
             self._integrity_plain(tail.complete, tail.total, fmt)
             if rc != 0:

@@ -65,6 +65,13 @@ class ComposeRolloutError(Exception):
         self.result = result or {}
 
 
+class DockerUnavailable(ComposeRolloutError):
+    """The Docker daemon stopped answering (restarted, killed, socket gone) in the middle of a run."""
+
+
+DAEMON_GONE_RE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running", re.IGNORECASE)
+
+
 # ---------------------------------------------------------------- input checks (pure)
 
 
@@ -224,7 +231,13 @@ def plan(service: str, strategy: str, existing: list[dict], target: dict) -> dic
     if running and not others:
         return {"service": service, "action": "none", "create": 0, "adopt": [], "remove": [], "keep": at_target}
     if not running:
-        return {"service": service, "action": "create", "create": 1, "adopt": [], "remove": stopped, "keep": []}
+        # nothing runs (never started, or stopped by a dockerd restart half way through a rollout):
+        # as many as the larger set of stopped containers, old or new, so an interrupted rollout of
+        # n containers comes back with n, not 2n
+        stopped_new = len([c for c in existing if c.get("status") != "running" and same_release(c, target)])
+        count = max(1, stopped_new, len(stopped) - stopped_new)
+        return {"service": service, "action": "create", "create": count, "adopt": [], "remove": stopped,
+                "keep": []}
     if strategy == "recreate":
         return {"service": service, "action": "recreate", "create": len(running), "adopt": [],
                 "remove": sorted(stopped + at_target + others), "keep": []}
@@ -389,6 +402,8 @@ class ComposeRollout:
         self.config = None
         self.state: dict = {"version": 1, "services": {}}
         self._tmp_files: list[str] = []
+        self._service: str | None = None  # the service being worked on, for error messages
+        self._old_down: list[str] = []  # old containers found not running after a rollback
         self.result: dict = {"changed": False, "plan": [], "from": {}, "to": {}, "rolled_back": False,
                              "rollback_reason": None, "steps": self.steps, "state_file": None}
 
@@ -408,6 +423,9 @@ class ComposeRollout:
         rc, out, err = self.backend.compose(list(args), env, extra_files or [])
         if rc != 0:
             detail = (err or out or "").strip()
+            if DAEMON_GONE_RE.search(detail):
+                raise DockerUnavailable(f"`docker compose {args[0]}` could not reach the Docker daemon{what}: "
+                                        f"{detail[-500:]}")
             raise ComposeRolloutError(f"`docker compose {' '.join(args)}` failed (rc={rc}){what}: {detail[-1500:]}",
                                       self._partial())
         return out
@@ -517,6 +535,18 @@ class ComposeRollout:
     def run(self) -> dict:
         try:
             return self._run()
+        except DockerUnavailable as exc:
+            where = f"service {self._service!r}: " if self._service else ""
+            done = ", ".join(f"{s['step']}" for s in self.steps if s["service"] == self._service)
+            raise ComposeRolloutError(
+                f"{where}{exc}. The run stopped there"
+                + (f" (steps done: {done})" if done else "")
+                + ("; the new containers had been removed (rolled back)" if self.result["rolled_back"]
+                   else "; nothing was rolled back, as the daemon is gone")
+                + ". Once dockerd answers again, run the same "
+                "task again: it removes the stopped containers, adopts new containers already at the target "
+                "release, gates them and finishes the rollout (or rolls back if the gate fails).",
+                self._partial()) from None
         finally:
             for path in self._tmp_files:
                 try:
@@ -547,6 +577,7 @@ class ComposeRollout:
                 check_rolling(service, self.config["services"][service])
         plans, targets = [], {}
         for service in params["services"]:
+            self._service = service
             existing = self._containers(service)
             target = self._target(service)
             targets[service] = (target, existing)
@@ -554,6 +585,7 @@ class ComposeRollout:
             plans.append(item)
             self.result["from"][service] = self._describe(existing)
             self.result["to"][service] = {k: target[k] for k in ("image", "image_id", "digests", "config_hash")}
+        self._service = None
         self._step("*", "plan", start)
         self.result["plan"] = plans
         self.result["changed"] = any(p["action"] != "none" for p in plans)
@@ -567,6 +599,7 @@ class ComposeRollout:
             return self._partial()
         for item in plans:
             service = item["service"]
+            self._service = service
             target, existing = targets[service]
             if item["action"] == "none":
                 self._record_if_unknown(service, target, existing)
@@ -608,13 +641,23 @@ class ComposeRollout:
                 self._recreate_back(service, existing, reason)
             raise ComposeRolloutError(
                 f"service {service!r}: {reason}. "
-                + ("Rolled back: " + ("the old containers kept serving and the new ones were removed."
+                + ("Rolled back: " + ("the new containers were removed, but the old ones are not running "
+                                      f"either ({', '.join(self._old_down)}): was dockerd restarted? Run the "
+                                      "task again to start the release."
+                                      if self.result["rolled_back"] and self._old_down
+                                      else "the old containers kept serving and the new ones were removed."
                                       if self.result["rolled_back"] and item["action"] != "recreate"
                                       else "the previous release was started again." if self.result["rolled_back"]
                                       else "not rolled back.")),
                 self._partial()) from None
+        before = self.result["from"].get(service)
+        if not (before or {}).get("image_id"):
+            # nothing ran (a dockerd restart stopped it half way): what ran before is the stopped
+            # containers of another release, adopted as `previous` when no release was recorded
+            before = self._describe([dict(c, status="running") for c in existing
+                                     if c.get("status") != "running" and not same_release(c, target)])
         self.state = record_success(self.state, service, self._release(service, target, live), rolled_back_state,
-                                    self.result["from"].get(service))
+                                    before)
         save_state(self.params["project_src"], self.state)
 
     def _new_containers(self, service: str, old_ids: set) -> list[dict]:
@@ -641,12 +684,20 @@ class ComposeRollout:
             if self.params.get("drain") and (self.params.get("proxy") or {}).get("service"):
                 # the old and the new containers serve together while the proxy's old workers finish
                 self.backend.sleep(float(self.params["drain"]))
-        except _GateFailed:
+        except _GateFailed as exc:
             if self.params.get("rollback_on_failure", True) and old:
                 start = self.backend.now()
-                self._retire(service, self._new_containers(service, old_ids), "remove_new")
+                try:
+                    self._retire(service, self._new_containers(service, old_ids), "remove_new")
+                except DockerUnavailable as lost:
+                    raise DockerUnavailable(f"{lost}, rolling back after: {exc}") from None
                 self.result["rolled_back"] = True
                 self._step(service, "rollback", start)
+                # the old containers were never touched, but something else may have stopped them
+                # (a dockerd restart stops every container without a restart policy)
+                now = {c["id"]: c for c in self._containers(service)}
+                self._old_down = sorted(f"{c['name']} {now[c['id']].get('status') if c['id'] in now else 'gone'}"
+                                        for c in old if (now.get(c["id"]) or {}).get("status") != "running")
             raise
         self._retire(service, old, "drain_old")
         return new
@@ -809,9 +860,12 @@ class DockerBackend:
 
     def __init__(self, client, run, project_src: str, files: list[str], project_name: str | None,
                  env_file: str | None, docker_host: str | None = None, compose_bin: str = "docker",
-                 api_error: type = OSError):
+                 api_error: type = OSError, conn_errors: tuple = (OSError,)):
         self.client = client
         self.api_error = api_error  # docker.errors.APIError (NotFound and friends derive from it)
+        # what the SDK raises when the daemon does not answer at all (requests' ConnectionError is an
+        # OSError); APIError derives from it too and is told apart first
+        self.conn_errors = conn_errors
         self.run = run
         self.project_src = project_src
         self.files = files
@@ -833,7 +887,23 @@ class DockerBackend:
             full_env["DOCKER_HOST"] = self.docker_host
         return self.run(argv + list(args), full_env)
 
+    @contextlib.contextmanager
+    def _daemon(self, what: str):
+        """Turn "the daemon does not answer" into DockerUnavailable; let API errors through."""
+        try:
+            yield
+        except self.api_error:
+            raise
+        except self.conn_errors as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise DockerUnavailable(f"lost the Docker daemon at {self.docker_host or 'the default socket'} while "
+                                    f"{what} ({reason})") from None
+
     def containers(self, project: str, service: str) -> list[dict]:
+        with self._daemon(f"listing the containers of {service}"):
+            return self._containers(project, service)
+
+    def _containers(self, project: str, service: str) -> list[dict]:
         found = self.client.api.containers(all=True, filters={"label": [
             f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]})
         result = []
@@ -858,16 +928,18 @@ class DockerBackend:
 
     def image(self, ref: str) -> dict | None:
         try:
-            info = self.client.api.inspect_image(ref)
+            with self._daemon(f"inspecting image {ref}"):
+                info = self.client.api.inspect_image(ref)
         except self.api_error:  # ImageNotFound
             return None
         return {"id": info["Id"], "digests": info.get("RepoDigests") or []}
 
     def exec(self, container_id: str, argv: list, timeout: float) -> tuple[int, str]:
         try:
-            exec_id = self.client.api.exec_create(container_id, argv, stdout=True, stderr=True)
-            output = self.client.api.exec_start(exec_id)
-            rc = self.client.api.exec_inspect(exec_id).get("ExitCode")
+            with self._daemon(f"running a probe in container {container_id[:12]}"):
+                exec_id = self.client.api.exec_create(container_id, argv, stdout=True, stderr=True)
+                output = self.client.api.exec_start(exec_id)
+                rc = self.client.api.exec_inspect(exec_id).get("ExitCode")
         except self.api_error as exc:  # container gone, exec refused
             return 126, str(exc)
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
@@ -876,22 +948,23 @@ class DockerBackend:
     def disconnect(self, container_id: str) -> None:
         info = self._inspect(container_id) or {}
         for net in ((info.get("NetworkSettings") or {}).get("Networks") or {}):
-            with contextlib.suppress(self.api_error):
+            with contextlib.suppress(self.api_error), self._daemon(f"disconnecting {container_id[:12]} from {net}"):
                 self.client.api.disconnect_container_from_network(container_id, net, force=True)
 
     def _inspect(self, container_id: str) -> dict | None:
         try:
-            return self.client.api.inspect_container(container_id)
+            with self._daemon(f"inspecting container {container_id[:12]}"):
+                return self.client.api.inspect_container(container_id)
         except self.api_error:
             return None
 
     def stop(self, container_id: str, timeout: float) -> None:
-        with contextlib.suppress(self.api_error):
+        with contextlib.suppress(self.api_error), self._daemon(f"stopping container {container_id[:12]}"):
             self.client.api.stop(container_id, timeout=int(timeout))
 
     def remove(self, container_id: str, timeout: float) -> None:
         self.stop(container_id, timeout)
-        with contextlib.suppress(self.api_error):
+        with contextlib.suppress(self.api_error), self._daemon(f"removing container {container_id[:12]}"):
             self.client.api.remove_container(container_id, v=True, force=True)
 
     @staticmethod

@@ -10,6 +10,8 @@ any object with
     get(kind, namespace, name) -> dict            (raises ClientError, status 404 when absent)
     list(kind, namespace, label_selector) -> list  (all pages)
     patch(kind, namespace, name, body, patch_type) -> dict   patch_type: "json" | "strategic"
+    create(kind, namespace, body) -> dict          (only for Rollout.copy)
+    delete(kind, namespace, name) -> dict          (only for Rollout.delete_copy; raises 404 when absent)
 
 `kind` is one of KINDS' keys (plus ReplicaSet and ControllerRevision for history).
 
@@ -46,6 +48,7 @@ KEEP_ANNOTATIONS = (
     "deployment.kubernetes.io/max-replicas",
     "deprecated.deployment.rollback.to",
 )
+COPY_OF = "ops.runbooks/copy-of"
 PAUSED_MSG = "you cannot rollback a paused deployment; resume it first with 'kubectl rollout resume' and try again"
 
 
@@ -455,6 +458,52 @@ def apply_strategic(obj: dict, patch: dict) -> dict:
     return out
 
 
+# ---- copies of a Deployment (a DR drill instance) ------------------------------------------
+
+
+def env_of(obj: dict) -> dict:
+    """{container name: its env list (value or valueFrom entries, as in the spec)}."""
+    tspec = (obj["spec"].get("template") or {}).get("spec") or {}
+    return {c.get("name"): copy.deepcopy(c.get("env") or []) for c in tspec.get("containers") or []}
+
+
+def env_from_of(obj: dict) -> dict:
+    """{container name: its envFrom list} (whole Secrets / ConfigMaps as variables)."""
+    tspec = (obj["spec"].get("template") or {}).get("spec") or {}
+    return {c.get("name"): copy.deepcopy(c.get("envFrom") or []) for c in tspec.get("containers") or []}
+
+
+def shared_labels(source: dict, labels: dict) -> list:
+    """The `labels` pairs the source's pods also carry: a Service (or PodDisruptionBudget,
+    NetworkPolicy...) selecting the source's pods on any of them would select the copy too."""
+    pod_labels = strip_hash(source["spec"].get("template")).get("metadata", {}).get("labels") or {}
+    return sorted(f"{k}={v}" for k, v in labels.items() if pod_labels.get(k) == v)
+
+
+def copy_definition(source: dict, name: str, namespace: str, labels: dict, replicas: int) -> dict:
+    """A new Deployment `name` running the source's pod template, selected by `labels` only:
+    none of the source's labels or annotations, no status, not paused."""
+    spec = copy.deepcopy(source["spec"])
+    spec.pop("paused", None)
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": dict(labels)}
+    template = strip_hash(spec.get("template"))
+    template.setdefault("metadata", {})["labels"] = dict(labels)
+    spec["template"] = template
+    src = source["metadata"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "annotations": {COPY_OF: f"{src.get('namespace')}/{src['name']}"},
+        },
+        "spec": spec,
+    }
+
+
 # ---- orchestration -------------------------------------------------------------------------
 
 
@@ -555,11 +604,14 @@ class Rollout:
             return self._maybe_wait(wait, wait_timeout)
         return self._apply(patch, ptype, wait, wait_timeout, f"{resource_ref(self.kind, self.name)} rolled back")
 
-    def status(self, wait: bool = True, wait_timeout: float = 300) -> dict:
+    def status(self, wait: bool = True, wait_timeout: float = 300, return_env: bool = False) -> dict:
         obj = self._get()
         history = self._history(obj)
         self.result["from_revision"] = self.result["to_revision"] = self._revision_of(obj, history)
         self._finish(obj, obj)
+        if return_env:
+            self.result["env"] = env_of(obj)
+            self.result["env_from"] = env_from_of(obj)
         return self._maybe_wait(wait, wait_timeout, fail_on_wait=True)
 
     def set(self, images_wanted=None, env=None, container=None, replicas=None, wait=True, wait_timeout=300) -> dict:
@@ -587,6 +639,161 @@ class Rollout:
         patch = restart_patch(self.now())
         self._finish(obj, apply_strategic(obj, patch))
         return self._apply(patch, "strategic", wait, wait_timeout, f"{resource_ref(self.kind, self.name)} restarted")
+
+    def copy(
+        self,
+        copy_name: str,
+        copy_namespace: str | None,
+        labels: dict,
+        images_wanted=None,
+        env=None,
+        container=None,
+        replicas: int | None = None,
+        wait: bool = True,
+        wait_timeout: float = 300,
+    ) -> dict:
+        """Create (or bring up to date) the Deployment `copy_name` running this Deployment's pod
+        template with `images`/`env` applied, `replicas` (default 1) and only `labels` as labels
+        and selector; then wait for its rollout. The source is never changed."""
+        if self.kind != "Deployment":
+            raise RollbackError(f"action=copy works on a Deployment, not a {self.kind}", self.result)
+        ns = copy_namespace or self.ns
+        self.result["copied_to"] = {"name": copy_name, "namespace": ns}
+        if (copy_name, ns) == (self.name, self.ns):
+            raise RollbackError(
+                f"copy_name {copy_name} is the Deployment itself; give the copy another name", self.result
+            )
+        source = self._get()
+        shared = shared_labels(source, labels)
+        if not labels or shared:
+            raise RollbackError(
+                f"copy_labels must be non-empty and share no label with the pods of {self._where()} "
+                f"(shared: {', '.join(shared) or 'none'}): otherwise the copy's pods could join the Services "
+                "and budgets that select the production pods",
+                self.result,
+            )
+        want = copy_definition(source, copy_name, ns, labels, 1 if replicas is None else replicas)
+        try:
+            patch = update_patch(want, images_wanted, env, container, None)
+        except RollbackError as exc:
+            exc.result = self.result
+            raise
+        if patch:
+            want = apply_strategic(want, patch)
+        target = Rollout(
+            self.client, "Deployment", ns, copy_name, self.check_mode, self.clock, self.sleep, poll_interval=self.poll
+        )
+        target.started = self.started
+        target.result = self.result
+        try:
+            current = self.client.get("Deployment", ns, copy_name)
+        except ClientError as exc:
+            if exc.status != 404:
+                raise RollbackError(
+                    f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
+                ) from exc
+            current = None
+        if current is None:
+            self.result["images_before"] = {}
+            self.result["images_after"] = images(want)
+            self.result["diff"] = {"before": {}, "after": {"template": want["spec"]["template"]}}
+            self.result.update(changed=True, definition=want, msg=f"deployment.apps/{copy_name} created")
+            if self.check_mode:
+                self.result["duration_s"] = round(self.clock() - self.started, 3)
+                return self.result
+            try:
+                self.client.create("Deployment", ns, want)
+            except ClientError as exc:
+                raise RollbackError(f"failed creating Deployment {ns}/{copy_name}: {exc.message}", self.result) from exc
+            return target._maybe_wait(wait, wait_timeout, fail_on_wait=True)
+        mark = (current["metadata"].get("annotations") or {}).get(COPY_OF)
+        if mark != want["metadata"]["annotations"][COPY_OF]:
+            raise RollbackError(
+                f"Deployment {ns}/{copy_name} exists and is not a copy of {self._where()} (annotation {COPY_OF}: "
+                f"{mark or 'none'}); refusing to change it. Choose another copy_name.",
+                self.result,
+            )
+        if prune(current["spec"].get("selector")) != prune(want["spec"]["selector"]):
+            raise RollbackError(
+                f"the copy {ns}/{copy_name} exists with another selector (selectors cannot change); remove it first "
+                "with action=delete_copy",
+                self.result,
+            )
+        current.setdefault("kind", "Deployment")
+        self.result["images_before"] = images(current)
+        self.result["images_after"] = images(want)
+        self.result["diff"] = {
+            "before": {"template": current["spec"].get("template")},
+            "after": {"template": want["spec"]["template"]},
+        }
+        ops = []
+        if not templates_equal(current["spec"].get("template"), want["spec"]["template"]):
+            ops.append({"op": "replace", "path": "/spec/template", "value": want["spec"]["template"]})
+        if current["spec"].get("replicas", 1) != want["spec"]["replicas"]:
+            ops.append({"op": "replace", "path": "/spec/replicas", "value": want["spec"]["replicas"]})
+        if current["spec"].get("paused"):
+            ops.append({"op": "remove", "path": "/spec/paused"})
+        if not ops:
+            self.result.update(skipped=True, msg=f"deployment.apps/{copy_name} already up to date")
+            return target._maybe_wait(wait, wait_timeout, fail_on_wait=True)
+        return target._apply(ops, "json", wait, wait_timeout, f"deployment.apps/{copy_name} updated")
+
+    def delete_copy(
+        self, copy_name: str, copy_namespace: str | None, wait: bool = True, wait_timeout: float = 300
+    ) -> dict:
+        """Delete the copy `copy_name` made by copy() (background propagation: its ReplicaSets and
+        pods go with it). Absent = nothing to do; a Deployment that is not a copy of this one is
+        refused."""
+        ns = copy_namespace or self.ns
+        self.result["copied_to"] = {"name": copy_name, "namespace": ns}
+        if (copy_name, ns) == (self.name, self.ns):
+            raise RollbackError(f"copy_name {copy_name} is the Deployment itself; refusing to delete it", self.result)
+        try:
+            current = self.client.get("Deployment", ns, copy_name)
+        except ClientError as exc:
+            if exc.status != 404:
+                raise RollbackError(
+                    f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
+                ) from exc
+            self.result.update(
+                msg=f'deployment.apps "{copy_name}" already absent', duration_s=round(self.clock() - self.started, 3)
+            )
+            return self.result
+        mark = (current["metadata"].get("annotations") or {}).get(COPY_OF)
+        if mark != f"{self.ns}/{self.name}":
+            raise RollbackError(
+                f"Deployment {ns}/{copy_name} is not a copy of {self._where()} "
+                f"(annotation {COPY_OF}: {mark or 'none'}); refusing to delete it",
+                self.result,
+            )
+        self.result["images_before"] = images(current)
+        self.result["diff"] = {"before": {"template": current["spec"].get("template")}, "after": {}}
+        self.result.update(changed=True, msg=f'deployment.apps "{copy_name}" deleted')
+        if not self.check_mode:
+            try:
+                self.client.delete("Deployment", ns, copy_name)
+            except ClientError as exc:
+                if exc.status != 404:
+                    raise RollbackError(
+                        f"failed deleting Deployment {ns}/{copy_name}: {exc.message}", self.result
+                    ) from exc
+            deadline = self.clock() + wait_timeout
+            while wait:
+                try:
+                    self.client.get("Deployment", ns, copy_name)
+                except ClientError as exc:
+                    if exc.status == 404:
+                        break
+                    raise RollbackError(
+                        f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
+                    ) from exc
+                if self.clock() >= deadline:
+                    raise RollbackError(
+                        f"Deployment {ns}/{copy_name} still exists {wait_timeout:g} s after its deletion", self.result
+                    )
+                self.sleep(self.poll)
+        self.result["duration_s"] = round(self.clock() - self.started, 3)
+        return self.result
 
     # -- applying and verifying --
     def _apply(self, patch, ptype: str, wait: bool, wait_timeout: float, done_msg: str) -> dict:

@@ -175,6 +175,14 @@ options:
     description:
       - Use this exact scratch database name (it must start with O(scratch_prefix) and must not exist).
     type: str
+  scratch_tablespace:
+    description:
+      - Create the scratch database in this tablespace (C(CREATE DATABASE ... TABLESPACE)) instead of the restore
+        target's default, for example one on a scratch volume so a test restore cannot fill the disk production
+        data lives on. The O(restore_target.login_user) needs C(CREATE) on it.
+      - When that tablespace (or the default one) runs out of space, the restore check is critical with a message
+        naming the tablespace, and the scratch database is dropped as always.
+    type: str
   cleanup_stale:
     description:
       - Before restoring, drop scratch databases left by earlier runs whose process is gone (same host, dead
@@ -473,6 +481,9 @@ def normalise(params: dict) -> dict:
         raise PgBackupError(f"scratch_db {name!r} must start with scratch_prefix {params['scratch_prefix']!r}, use "
                             "lower-case letters, digits or '_' and be at most 63 characters, so it can never name a "
                             "real database")
+    space = params.get("scratch_tablespace")
+    if space is not None and (not space.strip() or len(space) > 63 or "\x00" in space):
+        raise PgBackupError(f"scratch_tablespace {space!r} is not a PostgreSQL tablespace name (1-63 characters)")
     if params["restore_test"] and not params.get("restore_target"):
         raise PgBackupError("restore_test=true needs restore_target: the connection to a server where a scratch "
                             "database may be created")
@@ -564,6 +575,7 @@ def main():
         tolerance_pct={"type": "float", "default": 0},
         scratch_prefix={"type": "str", "default": "ops_verify_"},
         scratch_db={"type": "str"},
+        scratch_tablespace={"type": "str"},
         cleanup_stale={"type": "bool", "default": True},
         stale_after={"type": "str", "default": "24h"},
         rds={"type": "dict", "options": rds_spec()},

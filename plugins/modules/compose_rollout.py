@@ -34,6 +34,17 @@ description:
   - Nothing changes when every running container of the service already runs the target image id with
     the target compose config hash (C(com.docker.compose.config-hash)). A rollout interrupted half way
     (new containers beside old ones) is finished by running the module again.
+  - When the Docker daemon stops answering in the middle of a run (dockerd restarted or killed), the module
+    fails at once with C(lost the Docker daemon ...) and leaves everything as it is (if dockerd was back
+    before the module noticed, the gate fails on the stopped new container and the message says the old
+    containers are not running either). Run the same task again
+    once dockerd is back - it removes stopped containers, adopts running new containers already at the
+    target and gates them, retires the old ones; when the restart stopped every container of the service
+    (C(live-restore) off and no C(restart) policy), it starts the target release again with as many
+    containers as before. After a dockerd restart with C(live-restore) off, containers whose compose
+    C(restart) policy is V(always) or V(on-failure) come back; V(unless-stopped) ones come back after a
+    C(SIGTERM) but not after a C(kill -9) (dockerd stops them at start-up, which counts as a manual stop).
+    With C(live-restore) on, nothing stops.
   - New containers join the service's DNS name as soon as they start, before the gate passes. A proxy
     that resolves the name per request (nginx C(resolver) + a variable in C(proxy_pass)) sends them
     traffic early and keeps using a removed container's address until its cache expires; nginx 1.22
@@ -344,9 +355,10 @@ from ansible_collections.ops.runbooks.plugins.module_utils._docker_client import
 )
 
 try:
-    from docker.errors import APIError
+    from docker.errors import APIError, DockerException
 except ImportError:
     APIError = OSError
+    DockerException = OSError
 
 
 def argument_spec() -> dict:
@@ -410,7 +422,8 @@ def main() -> None:
 
     backend = DockerBackend(client, run, params["project_src"], files, params["project_name"],
                             params["env_file"], docker_host=params["docker_host"],
-                            compose_bin=module.get_bin_path("docker"), api_error=APIError)
+                            compose_bin=module.get_bin_path("docker"), api_error=APIError,
+                            conn_errors=(OSError, DockerException))
     try:
         result = ComposeRollout(backend, params, check_mode=module.check_mode).run()
     except ComposeRolloutError as exc:

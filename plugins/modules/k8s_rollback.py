@@ -37,6 +37,11 @@ description:
     V(status) (read-only C(rollout status)), V(set) (set image, env and replicas, like
     C(kubectl set image), C(kubectl set env) and C(kubectl scale)) and V(restart)
     (C(kubectl rollout restart)). The C(ops.runbooks.deploy) role uses them on C(deploy_platform=eks).
+  - For a disaster-recovery drill (C(ops.runbooks.dr) on EKS), V(copy) runs a second Deployment
+    O(copy_name) from this Deployment's pod template (with O(env)/O(images) applied, O(replicas),
+    default 1) that only carries O(copy_labels) as labels and selector, so it never joins the
+    production Services; V(delete_copy) removes it again. O(return_env) makes V(status) return the
+    containers' environment (to read the app's database URL).
   - "EKS: when the kubeconfig user is an C(exec) credential plugin (C(aws eks get-token)) and the
     plugin fails, the Python client silently goes on without a token; this module detects that and
     fails with the plugin's command line and its error instead of a bare 401."
@@ -65,6 +70,8 @@ attributes:
         run with O(action=status)), which reports no change.
       - O(action=set) is idempotent; O(action=restart) always restarts (that is its purpose);
         O(action=status) never changes anything.
+      - O(action=copy) is idempotent (an up-to-date copy is left alone); O(action=delete_copy) reports no
+        change when the copy is absent.
 options:
   kind:
     description:
@@ -89,8 +96,13 @@ options:
       - V(set) - set O(images), O(env) and O(replicas), then verify the rollout.
       - V(restart) - restart every pod by stamping the pod template with
         C(kubectl.kubernetes.io/restartedAt) (C(kubectl rollout restart)).
+      - V(copy) - create or update the Deployment O(copy_name) as a copy of this Deployment (see
+        O(copy_labels)), then verify its rollout. The source is only read. Deployments only.
+      - V(delete_copy) - delete the Deployment O(copy_name) (with background propagation, so its
+        ReplicaSets and pods go with it), but only when it is a copy of this Deployment (annotation
+        C(ops.runbooks/copy-of) set by V(copy)); absent is success.
     type: str
-    choices: [undo, status, set, restart]
+    choices: [undo, status, set, restart, copy, delete_copy]
     default: undo
   to_revision:
     description:
@@ -118,18 +130,41 @@ options:
     type: dict
   env:
     description:
-      - With O(action=set), environment variables to set (a mapping of names to values), on O(container) or, when
-        it is not given, on every container. Variables not listed are left alone.
+      - With O(action=set) or O(action=copy), environment variables to set (a mapping of names to values),
+        on O(container) or, when it is not given, on every container. Variables not listed are left alone.
       - Values are visible in the pod spec; put secrets in a Kubernetes Secret instead.
     type: dict
   container:
     description:
-      - With O(action=set), the container that receives O(env).
+      - With O(action=set) or O(action=copy), the container that receives O(env).
     type: str
   replicas:
     description:
       - With O(action=set), the number of replicas (C(kubectl scale)); ignored for DaemonSets.
+      - With O(action=copy), the replicas of the copy (default V(1)).
     type: int
+  copy_name:
+    description:
+      - With O(action=copy) and O(action=delete_copy), the name of the copy (another Deployment).
+    type: str
+  copy_namespace:
+    description:
+      - Namespace of the copy; default O(namespace).
+    type: str
+  copy_labels:
+    description:
+      - With O(action=copy), the only labels of the copy, of its pods and of its selector (none of the
+        source's labels are kept; its annotations are not copied either, its pod template annotations are).
+      - No key=value pair may also be a label of the source's pods - a Service, PodDisruptionBudget or
+        NetworkPolicy selecting the production pods on any of their labels would select the copy's pods too.
+        The module refuses such labels.
+    type: dict
+  return_env:
+    description:
+      - With O(action=status), also return RV(env) and RV(env_from), the containers' environment as written in the
+        pod template. Values may be secrets - use C(no_log) on the task.
+    type: bool
+    default: false
 notes:
   - RBAC needed - get, list, watch and patch on the workload kind; list on replicasets (Deployment)
     or controllerrevisions (StatefulSet, DaemonSet).
@@ -183,6 +218,36 @@ EXAMPLES = r"""
     action: set
     images:
       liquid-abt-app: 111122223333.dkr.ecr.ap-southeast-2.amazonaws.com/liquid-abt:v2.4.1
+
+- name: Read the app's environment (its DATABASE_URL may hold a password)
+  ops.runbooks.k8s_rollback:
+    name: liquid-abt-app
+    namespace: liquid-abt-production
+    action: status
+    wait: false
+    return_env: true
+  register: app
+  no_log: true
+
+- name: Run a DR drill copy of the app on a restored database, out of the production Service
+  ops.runbooks.k8s_rollback:
+    name: liquid-abt-app
+    namespace: liquid-abt-production
+    action: copy
+    copy_name: liquid-abt-app-dr-drill
+    copy_labels:
+      app: liquid-abt-app-dr-drill
+    container: app
+    env:
+      DATABASE_URL: "{{ drill_database_url }}"
+  no_log: true
+
+- name: Remove the drill copy
+  ops.runbooks.k8s_rollback:
+    name: liquid-abt-app
+    namespace: liquid-abt-production
+    action: delete_copy
+    copy_name: liquid-abt-app-dr-drill
 """
 
 RETURN = r"""
@@ -250,7 +315,8 @@ patch:
     - {"op": "replace", "path": "/spec/template", "value": {}}
     - {"op": "replace", "path": "/metadata/annotations", "value": {}}
 patch_type:
-  description: V(json) (JSON Patch) or V(strategic) (strategic-merge patch).
+  description: V(json) (JSON Patch) or V(strategic) (strategic-merge patch). O(action=copy) updating an
+    existing copy sends a JSON Patch; creating one returns RV(definition) instead.
   returned: when changed
   type: str
   sample: json
@@ -285,6 +351,28 @@ duration_s:
   returned: always
   type: float
   sample: 41.7
+env:
+  description: With O(return_env), each container's C(env) list as in the pod template (C(value) or
+    C(valueFrom) entries).
+  returned: with O(action=status) and O(return_env)
+  type: dict
+  sample: {"app": [{"name": "DATABASE_URL", "value": "postgresql://app:secret@db:5432/app"},
+                   {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "app", "key": "api-key"}}}]}
+env_from:
+  description: With O(return_env), each container's C(envFrom) list (whole Secrets or ConfigMaps).
+  returned: with O(action=status) and O(return_env)
+  type: dict
+  sample: {"app": [{"secretRef": {"name": "app-env"}}]}
+copied_to:
+  description: Name and namespace of the copy.
+  returned: with O(action=copy) and O(action=delete_copy)
+  type: dict
+  sample: {"name": "liquid-abt-app-dr-drill", "namespace": "liquid-abt-production"}
+definition:
+  description: The Deployment created (or, in check mode, that would be created) by O(action=copy); holds
+    the copy's environment.
+  returned: with O(action=copy) when the copy did not exist
+  type: dict
 msg:
   description: What happened, in kubectl's words (C(rolled back), C(skipped rollback (...))).
   returned: always
@@ -294,6 +382,7 @@ msg:
 
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import traceback  # noqa: E402
 
@@ -330,6 +419,10 @@ except ImportError:
 else:
     HAS_LIBS = True
     LIBS_ERROR = None
+
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 PATCH_TYPES = {
     "json": "application/json-patch+json",
@@ -410,6 +503,13 @@ class ApiClientWrapper:
             "PATCH", resource_path(kind, namespace, name), body=body, content_type=PATCH_TYPES[patch_type]
         )
 
+    def create(self, kind, namespace, body):
+        return self._call("POST", resource_path(kind, namespace), body=body, content_type="application/json")
+
+    def delete(self, kind, namespace, name):
+        # DeleteOptions as a query parameter (the API server accepts both; no body to drain)
+        return self._call("DELETE", resource_path(kind, namespace, name), {"propagationPolicy": "Background"})
+
 
 def _exec_plugin_failure(module, api) -> str | None:
     """The error of a kubeconfig exec credential plugin that left the client without a token."""
@@ -462,7 +562,11 @@ def main():
         kind={"type": "str", "choices": list(KINDS), "default": "Deployment"},
         name={"type": "str", "required": True},
         namespace={"type": "str", "default": "default"},
-        action={"type": "str", "choices": ["undo", "status", "set", "restart"], "default": "undo"},
+        action={
+            "type": "str",
+            "choices": ["undo", "status", "set", "restart", "copy", "delete_copy"],
+            "default": "undo",
+        },
         to_revision={"type": "int", "default": 0},
         wait={"type": "bool", "default": True},
         wait_timeout={"type": "int", "default": 300},
@@ -470,16 +574,30 @@ def main():
         env={"type": "dict"},
         container={"type": "str"},
         replicas={"type": "int"},
+        copy_name={"type": "str"},
+        copy_namespace={"type": "str"},
+        copy_labels={"type": "dict"},
+        return_env={"type": "bool", "default": False},
     )
     module = AnsibleModule(
         argument_spec=spec,
         supports_check_mode=True,
         required_together=K8S_REQUIRED_TOGETHER,
-        required_if=[("action", "set", ("images", "env", "replicas"), True)],
+        required_if=[
+            ("action", "set", ("images", "env", "replicas"), True),
+            ("action", "copy", ("copy_name", "copy_labels")),
+            ("action", "delete_copy", ("copy_name",)),
+        ],
     )
     p = module.params
-    result = {"changed": False, "skipped": False, "kind": p["kind"], "name": p["name"], "namespace": p["namespace"],
-              "duration_s": 0.0}
+    result = {
+        "changed": False,
+        "skipped": False,
+        "kind": p["kind"],
+        "name": p["name"],
+        "namespace": p["namespace"],
+        "duration_s": 0.0,
+    }
     if p["to_revision"] < 0:
         module.fail_json(
             msg=f"{revision_not_found(p['to_revision'])}: to_revision must be 0 (the previous "
@@ -490,8 +608,35 @@ def main():
         module.fail_json(msg=f"wait_timeout must be a positive number of seconds, got {p['wait_timeout']}", **result)
     if p["replicas"] is not None and p["replicas"] < 0:
         module.fail_json(msg=f"replicas must be 0 or more, got {p['replicas']}", **result)
-    if p["action"] != "set" and any(p[k] is not None for k in ("images", "env", "container", "replicas")):
-        module.fail_json(msg="images, env, container and replicas only apply to action=set", **result)
+    if p["action"] not in ("set", "copy") and any(p[k] is not None for k in ("images", "env", "container", "replicas")):
+        module.fail_json(msg="images, env, container and replicas only apply to action=set and action=copy", **result)
+    if p["action"] not in ("copy", "delete_copy") and any(
+        p[k] is not None for k in ("copy_name", "copy_namespace", "copy_labels")
+    ):
+        module.fail_json(
+            msg="copy_name, copy_namespace and copy_labels only apply to action=copy and delete_copy", **result
+        )
+    if p["return_env"] and p["action"] != "status":
+        module.fail_json(msg="return_env only applies to action=status", **result)
+    if p["action"] in ("copy", "delete_copy") and p["kind"] != "Deployment":
+        module.fail_json(msg=f"action={p['action']} works on a Deployment only, not a {p['kind']}", **result)
+    for key, name_ok in (("copy_name", p["copy_name"]), ("copy_namespace", p["copy_namespace"])):
+        if name_ok is not None and not _DNS_NAME.match(name_ok):
+            module.fail_json(
+                msg=f"{key} must be a Kubernetes name (lower-case letters, digits, '-'; at most 63), got {name_ok!r}",
+                **result,
+            )
+    bad_labels = [
+        f"{k}={v}"
+        for k, v in (p["copy_labels"] or {}).items()
+        if not isinstance(v, str) or not _LABEL_VALUE.match(v) or not _LABEL_KEY.match(str(k))
+    ]
+    if bad_labels:
+        module.fail_json(
+            msg=f"copy_labels must be valid Kubernetes labels (string values of at most 63 characters); check "
+            f"{', '.join(sorted(bad_labels))}",
+            **result,
+        )
     for key in ("images", "env"):
         bad = [
             k
@@ -524,9 +669,23 @@ def main():
         if p["action"] == "undo":
             out = rollout.undo(p["to_revision"], p["wait"], p["wait_timeout"])
         elif p["action"] == "status":
-            out = rollout.status(p["wait"], p["wait_timeout"])
+            out = rollout.status(p["wait"], p["wait_timeout"], return_env=p["return_env"])
         elif p["action"] == "set":
             out = rollout.set(p["images"], p["env"], p["container"], p["replicas"], p["wait"], p["wait_timeout"])
+        elif p["action"] == "copy":
+            out = rollout.copy(
+                p["copy_name"],
+                p["copy_namespace"],
+                {str(k): v for k, v in p["copy_labels"].items()},
+                p["images"],
+                p["env"],
+                p["container"],
+                p["replicas"],
+                p["wait"],
+                p["wait_timeout"],
+            )
+        elif p["action"] == "delete_copy":
+            out = rollout.delete_copy(p["copy_name"], p["copy_namespace"], p["wait"], p["wait_timeout"])
         else:
             out = rollout.restart(p["wait"], p["wait_timeout"])
     except RollbackError as exc:

@@ -121,15 +121,18 @@ def private_postgres():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def adhoc(venv_bin: Path, env: dict, args: dict, *extra: str, check_mode: bool = False):
-    """Run the module once with `ansible localhost -m`; return (rc, module result, all output)."""
-    cmd = [str(venv_bin / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "ops.runbooks.pg_health",
+def adhoc(venv_bin: Path, env: dict, args: dict, *extra: str, check_mode: bool = False, diff: bool = False,
+          module: str = "ops.runbooks.pg_health"):
+    """Run `module` once with `ansible localhost -m`; return (rc, module result, all output)."""
+    cmd = [str(venv_bin / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", module,
            "-a", json.dumps(args), "-e", f"ansible_python_interpreter={venv_bin / 'python'}", *extra]
     if check_mode:
         cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
     run_env = dict(env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal",
                    ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_LOCALHOST_WARNING="0")
-    proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=False, timeout=120)
+    proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=False, timeout=180)
     out = proc.stdout + proc.stderr
     result = {}
     match = re.search(r"^localhost \| [A-Z!]+ => (\{.*?^\})", proc.stdout, re.S | re.M)

@@ -406,3 +406,152 @@ def test_missing_object_and_unknown_kind():
         _rollout(FakeClient(dict(dep(), metadata=dict(dep()["metadata"], name="other")), [])).undo()
     with pytest.raises(RollbackError, match="kind must be one of"):
         Rollout(None, "CronJob", "default", "x")
+
+
+# ---- copy / delete_copy / return_env (the DR drill on EKS) ------------------------------------
+
+
+class CopyClient(FakeClient):
+    """FakeClient plus create/delete, holding several Deployments by (namespace, name)."""
+
+    def __init__(self, obj, statuses=None):
+        super().__init__(obj, [], statuses)
+        self.objects = {("default", "web"): obj}
+        self.created, self.deleted = [], []
+
+    def get(self, kind, ns, name):
+        if (ns, name) == ("default", "web"):
+            return super().get(kind, ns, name)
+        if (ns, name) not in self.objects:
+            raise ClientError(404, "not found")
+        obj = copy.deepcopy(self.objects[(ns, name)])
+        obj["status"] = dict(DONE, observedGeneration=obj["metadata"].get("generation", 1))
+        obj["spec"].setdefault("replicas", 1)
+        obj["status"].update(
+            updatedReplicas=obj["spec"]["replicas"],
+            replicas=obj["spec"]["replicas"],
+            availableReplicas=obj["spec"]["replicas"],
+        )
+        return obj
+
+    def create(self, kind, ns, body):
+        self.created.append((ns, copy.deepcopy(body)))
+        self.objects[(ns, body["metadata"]["name"])] = dict(copy.deepcopy(body), metadata=dict(body["metadata"]))
+        return body
+
+    def delete(self, kind, ns, name):
+        self.deleted.append((ns, name))
+        return self.objects.pop((ns, name))
+
+    def patch(self, kind, ns, name, body, ptype):
+        self.patches.append((body, ptype))
+        return self.objects.get((ns, name))
+
+
+def _app():
+    d = dep(**DONE)
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = [
+        {"name": "DATABASE_URL", "value": "postgresql://u:p@db/app"},
+        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
+    c["envFrom"] = [{"secretRef": {"name": "app-env"}}]
+    d["spec"]["template"]["metadata"]["annotations"] = {"sidecar.istio.io/inject": "false"}
+    d["metadata"]["labels"] = {"app": "web", "argocd.argoproj.io/instance": "prod"}
+    return d
+
+
+DRILL = {"app": "web-dr-drill", "ops.runbooks/dr": "drill"}
+
+
+def test_status_returns_the_env_only_when_asked():
+    assert "env" not in _rollout(CopyClient(_app())).status(wait=False)
+    res = _rollout(CopyClient(_app())).status(wait=False, return_env=True)
+    assert res["env"]["web"][0] == {"name": "DATABASE_URL", "value": "postgresql://u:p@db/app"}
+    assert res["env"]["web"][1]["valueFrom"]["secretKeyRef"]["name"] == "s"
+    assert res["env_from"] == {"web": [{"secretRef": {"name": "app-env"}}]}
+
+
+def test_copy_definition_keeps_the_pod_spec_and_drops_every_production_label():
+    src = _app()
+    src["spec"]["paused"] = True
+    d = core.copy_definition(src, "web-dr-drill", "drills", DRILL, 1)
+    assert d["metadata"] == {
+        "name": "web-dr-drill",
+        "namespace": "drills",
+        "labels": DRILL,
+        "annotations": {core.COPY_OF: "default/web"},
+    }
+    assert d["spec"]["selector"] == {"matchLabels": DRILL} and d["spec"]["replicas"] == 1
+    assert d["spec"]["template"]["metadata"]["labels"] == DRILL and "paused" not in d["spec"]
+    assert d["spec"]["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert d["spec"]["template"]["spec"] == src["spec"]["template"]["spec"] and "status" not in d
+    assert core.shared_labels(src, {"app": "web", "x": "y"}) == ["app=web"]
+    assert core.shared_labels(src, {"app": "web-dr-drill", "tier": "web"}) == []
+
+
+def test_copy_creates_then_is_idempotent_then_updates_and_check_mode_matches():
+    env = {"DATABASE_URL": "postgresql://u:p@db/app_dr_1"}
+    check_client = CopyClient(_app())
+    check = _rollout(check_client, check=True).copy("web-dr-drill", None, DRILL, env=env, container="web")
+    assert check["changed"] and check_client.created == [] and check_client.patches == []
+    client = CopyClient(_app())
+    real = _rollout(client).copy("web-dr-drill", None, DRILL, env=env, container="web")
+    assert real["changed"] and real["definition"] == check["definition"] and real["rollout"]["done"]
+    assert real["msg"] == "deployment.apps/web-dr-drill created" and real["copied_to"] == {
+        "name": "web-dr-drill",
+        "namespace": "default",
+    }
+    ((ns, body),) = client.created
+    envs = body["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert ns == "default" and envs[0] == {"name": "DATABASE_URL", "value": "postgresql://u:p@db/app_dr_1"}
+    assert envs[1]["valueFrom"]  # other variables untouched
+    again = _rollout(client).copy("web-dr-drill", None, DRILL, env=env, container="web")
+    assert not again["changed"] and again["skipped"] and client.patches == [] and len(client.created) == 1
+    other = _rollout(client).copy(
+        "web-dr-drill", None, DRILL, env={"DATABASE_URL": "postgresql://u:p@db/x"}, container="web", replicas=2
+    )
+    assert other["changed"] and other["patch_type"] == "json"
+    assert [op["path"] for op in client.patches[0][0]] == ["/spec/template", "/spec/replicas"]
+    assert (
+        client.get("Deployment", "default", "web")["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+        == "postgresql://u:p@db/app"
+    )  # the source is never changed
+
+
+@pytest.mark.parametrize(
+    "labels, name, needle",
+    [
+        ({"app": "web"}, "web-dr-drill", "share no label with the pods of Deployment default/web (shared: app=web)"),
+        ({}, "web-dr-drill", "copy_labels must be non-empty"),
+        (DRILL, "web", "copy_name web is the Deployment itself"),
+    ],
+)
+def test_copy_refuses_labels_that_would_join_production_and_itself(labels, name, needle):
+    client = CopyClient(_app())
+    with pytest.raises(RollbackError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        _rollout(client).copy(name, None, labels)
+    assert client.created == [] and client.patches == []
+
+
+def test_copy_and_delete_refuse_a_deployment_that_is_not_its_copy():
+    client = CopyClient(_app())
+    client.objects[("default", "web-dr-drill")] = dict(dep(), metadata={"name": "web-dr-drill", "annotations": {}})
+    with pytest.raises(RollbackError, match="exists and is not a copy of Deployment default/web"):
+        _rollout(client).copy("web-dr-drill", None, DRILL)
+    with pytest.raises(RollbackError, match="is not a copy of Deployment default/web .*refusing to delete it"):
+        _rollout(client).delete_copy("web-dr-drill", None)
+    assert client.deleted == [] and client.patches == [] and client.created == []
+
+
+def test_delete_copy_deletes_then_reports_absent():
+    client = CopyClient(_app())
+    _rollout(client).copy("web-dr-drill", "drills", DRILL)
+    check = _rollout(client, check=True).delete_copy("web-dr-drill", "drills")
+    assert check["changed"] and client.deleted == []
+    gone = _rollout(client).delete_copy("web-dr-drill", "drills")
+    assert gone["changed"] and gone["msg"] == 'deployment.apps "web-dr-drill" deleted'
+    assert client.deleted == [("drills", "web-dr-drill")]
+    again = _rollout(client).delete_copy("web-dr-drill", "drills")
+    assert not again["changed"] and again["msg"] == 'deployment.apps "web-dr-drill" already absent'
+    assert len(client.deleted) == 1

@@ -9,6 +9,7 @@ reports and the lock live in a temp dir. Everything is removed afterwards.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -380,9 +381,6 @@ def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_ap
         status, order = h.http_json(site["url"] + "/api/orders", "POST", {"amount": 7})
         assert status == 201
         pair.wait_replayed()
-        pair.primary.stop()  # the disaster: the primary is gone
-        assert _health(site)["status"] == "unhealthy"
-
         extra = {
             "dr_mode": "promote",
             "deploy_droplet_env": env,
@@ -392,6 +390,17 @@ def test_promote_fences_the_old_primary_promotes_the_standby_and_repoints_the_ap
             "dr_promote_fence_data_dir": str(pair.primary.data_dir),
             "dr_promote_fence_owner": "postgres",
         }
+        # an incident two hours after the standby's last transaction is over a 1h limit: refused
+        # before anything is fenced or promoted
+        late = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
+        proc = _dr(site, "-e", json.dumps(dict(extra, dr_incident_time=late, dr_promote_max_data_loss="1h")))
+        assert proc.returncode != 0
+        assert "Nothing was fenced or promoted" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-3000:]
+        assert pair.standby.in_recovery() and not (pair.primary.data_dir / "standby.signal").exists()
+        assert pair.primary.query("SHOW default_transaction_read_only")[0] == "off"
+        pair.primary.stop()  # the disaster: the primary is gone
+        assert _health(site)["status"] == "unhealthy"
+
         proc = _dr(site, "-e", json.dumps(extra), "-vvv")
         assert proc.returncode == 0, proc.stdout[-6000:]
         assert pair.standby.password not in proc.stdout + proc.stderr

@@ -88,8 +88,9 @@ def _health(site) -> dict:
 
 def test_drill_runs_a_second_project_on_the_restored_database_and_removes_it(site):
     before = h.counts(site["pg"], site["db"])
-    proc = _play(site, "playbooks/dr_restore.yml")
+    proc = _play(site, "playbooks/dr_restore.yml", "-vvv")
     assert proc.returncode == 0, proc.stdout[-5000:]
+    assert site["pg"]["password"] not in proc.stdout + proc.stderr  # .env values and URLs stay hidden
     report = h.latest_report(site["reports"])
     assert report["result"] == "passed" and report["platform"] == "compose"
     assert report["rows_verified"] == sum(before.values())

@@ -68,6 +68,18 @@ def postgres_argument_spec() -> dict:
     }
 
 
+def other_server_argument_spec(login_db: str | None = None) -> dict:
+    """The connection options for a second server inside a dict option (backup_verify's
+    restore_target, pg_dr's old_primary): the same options without the PG* environment
+    fallbacks, because the first server's environment must never silently become the second's."""
+    spec = postgres_argument_spec()
+    for opt in spec.values():
+        opt.pop("fallback", None)
+    if login_db is not None:
+        spec["login_db"]["default"] = login_db
+    return spec
+
+
 def check_psycopg(module) -> None:
     """Fail the module with install instructions when psycopg 3 is missing."""
     if not HAS_PSYCOPG:

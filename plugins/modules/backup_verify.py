@@ -397,6 +397,7 @@ from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client impo
     check_psycopg,
     connect_kwargs,
     failure_message,
+    other_server_argument_spec,
     parse_dsn,
     postgres_argument_spec,
     secrets_of,
@@ -417,14 +418,6 @@ if HAS_PSYCOPG:
 
 SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{2,40}$")
 REDACTED = "********"
-
-
-def target_spec() -> dict:
-    spec = postgres_argument_spec()
-    for opt in spec.values():
-        opt.pop("fallback", None)  # the source's PG* environment must not silently become the target
-    spec["login_db"]["default"] = "postgres"
-    return spec
 
 
 def rds_spec() -> dict:
@@ -568,7 +561,7 @@ def main():
         checksum={"type": "str", "default": "manifest"},
         allow_empty={"type": "bool", "default": False},
         restore_test={"type": "bool", "default": False},
-        restore_target={"type": "dict", "options": target_spec()},
+        restore_target={"type": "dict", "options": other_server_argument_spec(login_db="postgres")},
         jobs={"type": "int", "default": 1},
         keep_scratch={"type": "bool", "default": False},
         compare={"type": "str", "choices": ["manifest", "source", "none"], "default": "manifest"},

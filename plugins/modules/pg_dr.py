@@ -511,16 +511,10 @@ from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client impo
     check_psycopg,
     connect,
     describe_target,
+    other_server_argument_spec,
     postgres_argument_spec,
     secrets_of,
 )
-
-
-def old_primary_spec() -> dict:
-    spec = postgres_argument_spec()
-    for opt in spec.values():
-        opt.pop("fallback", None)  # the standby's PG* environment must not silently become the old primary
-    return spec
 
 
 def argument_spec() -> dict:
@@ -532,7 +526,7 @@ def argument_spec() -> dict:
         comment={"type": "str"},
         terminate={"type": "bool", "default": False},
         force={"type": "bool", "default": False},
-        old_primary={"type": "dict", "options": old_primary_spec()},
+        old_primary={"type": "dict", "options": other_server_argument_spec()},
         incident_time={"type": "str"},
         max_data_loss={"type": "str"},
         wait_timeout={"type": "int", "default": 60},

@@ -141,3 +141,18 @@ def test_check_psycopg_fails_with_install_hint(monkeypatch):
 
 def test_check_psycopg_passes_when_installed():
     pg.check_psycopg(FakeModule())  # psycopg is in the test venv
+
+
+def test_other_server_spec_has_no_env_fallbacks_keeps_no_log_and_leaves_the_main_spec_alone():
+    from ansible_collections.ops.runbooks.plugins.module_utils._postgres_client import (
+        other_server_argument_spec,
+        postgres_argument_spec,
+    )
+
+    other = other_server_argument_spec(login_db="postgres")
+    assert set(other) == set(postgres_argument_spec())
+    assert not any("fallback" in opt for opt in other.values())
+    assert other["login_password"]["no_log"] and other["dsn"]["no_log"]
+    assert other["login_db"]["default"] == "postgres"
+    assert "default" not in other_server_argument_spec()["login_db"]
+    assert "fallback" in postgres_argument_spec()["login_host"]

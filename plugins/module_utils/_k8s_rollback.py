@@ -640,6 +640,16 @@ class Rollout:
         self._finish(obj, apply_strategic(obj, patch))
         return self._apply(patch, "strategic", wait, wait_timeout, f"{resource_ref(self.kind, self.name)} restarted")
 
+    def _deployment_or_none(self, ns: str, name: str) -> dict | None:
+        """The Deployment ns/name, or None when it does not exist; any other API error is a
+        RollbackError naming it."""
+        try:
+            return self.client.get("Deployment", ns, name)
+        except ClientError as exc:
+            if exc.status != 404:
+                raise RollbackError(f"failed to retrieve Deployment {ns}/{name}: {exc.message}", self.result) from exc
+            return None
+
     def copy(
         self,
         copy_name: str,
@@ -685,14 +695,7 @@ class Rollout:
         )
         target.started = self.started
         target.result = self.result
-        try:
-            current = self.client.get("Deployment", ns, copy_name)
-        except ClientError as exc:
-            if exc.status != 404:
-                raise RollbackError(
-                    f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
-                ) from exc
-            current = None
+        current = self._deployment_or_none(ns, copy_name)
         if current is None:
             self.result["images_before"] = {}
             self.result["images_after"] = images(want)
@@ -748,13 +751,8 @@ class Rollout:
         self.result["copied_to"] = {"name": copy_name, "namespace": ns}
         if (copy_name, ns) == (self.name, self.ns):
             raise RollbackError(f"copy_name {copy_name} is the Deployment itself; refusing to delete it", self.result)
-        try:
-            current = self.client.get("Deployment", ns, copy_name)
-        except ClientError as exc:
-            if exc.status != 404:
-                raise RollbackError(
-                    f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
-                ) from exc
+        current = self._deployment_or_none(ns, copy_name)
+        if current is None:
             self.result.update(
                 msg=f'deployment.apps "{copy_name}" already absent', duration_s=round(self.clock() - self.started, 3)
             )
@@ -779,14 +777,8 @@ class Rollout:
                     ) from exc
             deadline = self.clock() + wait_timeout
             while wait:
-                try:
-                    self.client.get("Deployment", ns, copy_name)
-                except ClientError as exc:
-                    if exc.status == 404:
-                        break
-                    raise RollbackError(
-                        f"failed to retrieve Deployment {ns}/{copy_name}: {exc.message}", self.result
-                    ) from exc
+                if self._deployment_or_none(ns, copy_name) is None:
+                    break
                 if self.clock() >= deadline:
                     raise RollbackError(
                         f"Deployment {ns}/{copy_name} still exists {wait_timeout:g} s after its deletion", self.result

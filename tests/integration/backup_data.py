@@ -55,7 +55,7 @@ def database(primary: dict, what: str, sql: str = ""):
 
 def leftovers(primary: dict, prefix: str) -> list[str]:
     with admin(primary) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
                             (prefix.replace("_", "\\_") + "%",)).fetchall()
     return [r[0] for r in rows]
 

@@ -11,29 +11,18 @@ import re
 import secrets
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psycopg
+from backup_data import admin, create_db, drop_db
+from backup_data import leftovers as databases
 
 from lab import droplets
+from lab.core import wait_for  # noqa: F401  (re-exported: the dr tests poll with h.wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "lab" / "app" / "schema.sql"
-
-
-def admin(pg: dict, dbname: str = "postgres") -> psycopg.Connection:
-    return psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                           dbname=dbname, autocommit=True, application_name="dr-test")
-
-
-def databases(pg: dict, prefix: str) -> list[str]:
-    with admin(pg) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
-                            (prefix.replace("_", "\\_") + "%",)).fetchall()
-    return [r[0] for r in rows]
 
 
 def counts(pg: dict, dbname: str) -> dict:
@@ -43,16 +32,12 @@ def counts(pg: dict, dbname: str) -> dict:
 
 
 def create_seeded_db(pg: dict, name: str) -> None:
-    with admin(pg) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    with admin(pg, name) as conn:
-        conn.execute(SCHEMA.read_text())
+    create_db(pg, name, SCHEMA.read_text())
 
 
 def drop_prefixed(pg: dict, prefix: str) -> None:
-    with admin(pg) as conn:
-        for name in databases(pg, prefix):
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in databases(pg, prefix):
+        drop_db(pg, name)
 
 
 def token(n: int = 3) -> str:
@@ -111,16 +96,6 @@ def latest_report(report_dir: Path) -> dict:
     found = reports(report_dir)
     assert found, f"no report in {report_dir}"
     return found[-1]
-
-
-def wait_for(predicate, what: str, timeout: float = 120, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def http_json(url: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict | None]:

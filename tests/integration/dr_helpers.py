@@ -18,11 +18,13 @@ from pathlib import Path
 from backup_data import admin, create_db, drop_db
 from backup_data import leftovers as databases
 
+from lab import core as labcore
 from lab import droplets
-from lab.core import wait_for  # noqa: F401  (re-exported: the dr tests poll with h.wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "lab" / "app" / "schema.sql"
+
+wait_for = labcore.wait_for  # the dr tests poll with h.wait_for
 
 
 def counts(pg: dict, dbname: str) -> dict:
